@@ -1,0 +1,720 @@
+"""kafka-agent testbed: moto, with the AWS semantics the agent depends on.
+
+Bare moto is far more permissive than AWS: it re-attaches an in-use volume or ENI without a
+word, attaches across AZs, changes every state instantly and does not implement the signal
+APIs. This WSGI layer sits in front of moto's own application and adds:
+
+* refusals AWS gives: VolumeInUse, InvalidVolume.ZoneMismatch, InvalidNetworkInterface.InUse,
+  cross-AZ ENI attach, occupied device index / attachment point, attach to a dead instance;
+* time: attaching/detaching states for a configurable time, and the non-root volumes and
+  extra ENIs of a terminated instance stay attached to it for a configurable time;
+* CloudFormation SignalResource (with CreationPolicy signal counting), Auto Scaling
+  CompleteLifecycleAction and RecordLifecycleActionHeartbeat, all recorded for tests;
+* faults: a share of calls answered with throttling errors or 5xx, and added latency.
+
+Settings are per *scope*, the access key id of the caller, so tests sharing one server do not
+see each other's faults. Control and inspection endpoints live under /_testbed/.
+
+Transitions are evaluated lazily (every request first applies what is due), under one lock.
+"""
+
+import argparse
+import io
+import json
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from urllib.parse import parse_qs
+
+from werkzeug.serving import run_simple
+from werkzeug.test import run_wsgi_app
+from werkzeug.wrappers import Request, Response
+
+from moto.autoscaling.models import autoscaling_backends
+from moto.cloudformation.models import cloudformation_backends
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.models import ec2_backends
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+
+LOCK = threading.RLock()
+
+DEFAULTS = {
+    "attach_delay": 0.0,  # seconds in "attaching"
+    "detach_delay": 0.0,  # seconds in "detaching"
+    "release_delay": 0.0,  # seconds a terminated instance keeps its volumes and extra ENIs
+    "throttle_rate": 0.0,  # share of calls answered with a throttling error
+    "error_rate": 0.0,  # share of calls answered with a 5xx
+    "latency_ms": 0,  # added to every call
+    "fault_actions": None,  # list of actions faults apply to; None = all
+}
+SCOPES = {}  # access key id -> settings overrides
+
+PENDING = {}  # key -> (due, fn): lazily applied transitions
+ENI_STATE = {}  # eni id -> "attaching" | "detaching" (overlay on moto's "attached")
+SIGNALS = []  # SignalResource calls accepted
+LIFECYCLE = []  # CompleteLifecycleAction / RecordLifecycleActionHeartbeat calls accepted
+CREATION = {}  # stack id -> {logical id: {"count", "success", "deadline"}}
+COMPLETED_ACTIONS = set()  # (asg, hook, instance) completed
+
+
+class AwsError(Exception):
+    def __init__(self, code, message, status=400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def settings(scope):
+    merged = dict(DEFAULTS)
+    merged.update(SCOPES.get(scope, {}))
+    return merged
+
+
+def schedule(key, delay, fn):
+    if delay <= 0:
+        PENDING.pop(key, None)
+        fn()
+    else:
+        PENDING[key] = (time.monotonic() + delay, fn)
+
+
+def tick():
+    now = time.monotonic()
+    due = sorted((d, k) for k, (d, _) in PENDING.items() if d <= now)
+    for _, key in due:
+        _, fn = PENDING.pop(key)
+        fn()
+    for stack_id, resources in list(CREATION.items()):
+        for info in resources.values():
+            if info["success"] < info["count"] and now > info["deadline"]:
+                set_stack_status(stack_id, "CREATE_FAILED")
+                CREATION.pop(stack_id, None)
+                break
+
+
+# ---------------------------------------------------------------- moto model patches
+_orig_attachment = NetworkInterface.attachment
+
+
+def _attachment(self):
+    att = _orig_attachment.fget(self)
+    if att is not None and self.id in ENI_STATE:
+        att.status = ENI_STATE[self.id]
+    return att
+
+
+NetworkInterface.attachment = property(_attachment)
+
+
+# ---------------------------------------------------------------- request plumbing
+def request_id():
+    return str(uuid.uuid4())
+
+
+def parse_call(environ, body):
+    """(service, region, access key, action, params, protocol) of an AWS call."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    m = re.search(r"Credential=([^/]+)/[^/]+/([^/]+)/([^/]+)/", auth)
+    key, region, service = (m.group(1), m.group(2), m.group(3)) if m else ("", "us-east-1", "")
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        params = {}
+        try:
+            params = json.loads(body or b"{}")
+        except ValueError:
+            pass
+        return service, region, key, target.split(".")[-1], params, "json"
+    qs = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
+    if not qs and environ.get("QUERY_STRING"):
+        qs = parse_qs(environ["QUERY_STRING"], keep_blank_values=True)
+    params = {k: v[0] for k, v in qs.items()}
+    protocol = "ec2" if service == "ec2" else "query"
+    return service, region, key, params.get("Action", ""), params, protocol
+
+
+def error_response(err, protocol):
+    rid = request_id()
+    if protocol == "json":
+        body = json.dumps({"__type": err.code, "message": err.message})
+        return Response(
+            body,
+            status=err.status,
+            headers={"x-amzn-ErrorType": err.code, "x-amzn-RequestId": rid},
+            content_type="application/x-amz-json-1.1",
+        )
+    if protocol == "ec2":
+        body = (
+            '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
+            f"<Code>{err.code}</Code><Message>{xml_escape(err.message)}</Message>"
+            f"</Error></Errors><RequestID>{rid}</RequestID></Response>"
+        )
+    else:
+        kind = "Receiver" if err.status >= 500 else "Sender"
+        body = (
+            "<ErrorResponse><Error>"
+            f"<Type>{kind}</Type><Code>{err.code}</Code><Message>{xml_escape(err.message)}</Message>"
+            f"</Error><RequestId>{rid}</RequestId></ErrorResponse>"
+        )
+    return Response(body, status=err.status, content_type="text/xml")
+
+
+def xml_escape(s):
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def xml_response(action, namespace, inner, query_style):
+    rid = request_id()
+    if query_style:
+        body = (
+            f'<{action}Response xmlns="{namespace}"><{action}Result>{inner}</{action}Result>'
+            f"<ResponseMetadata><RequestId>{rid}</RequestId></ResponseMetadata></{action}Response>"
+        )
+    else:
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?>\n<{action}Response xmlns="{namespace}">'
+            f"<requestId>{rid}</requestId>{inner}</{action}Response>"
+        )
+    return Response(body, status=200, content_type="text/xml")
+
+
+EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
+ASG_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+CFN_NS = "http://cloudformation.amazonaws.com/doc/2010-05-15/"
+
+
+def fault_for(conf, action, protocol, service):
+    actions = conf.get("fault_actions")
+    if actions is not None and action not in actions:
+        return None
+    roll = random.random()
+    if roll < conf["throttle_rate"]:
+        if service == "ec2":
+            return AwsError("RequestLimitExceeded", "Request limit exceeded.", 503)
+        if protocol == "json":
+            return AwsError("ThrottlingException", "Rate exceeded", 400)
+        return AwsError("Throttling", "Rate exceeded", 400)
+    if roll < conf["throttle_rate"] + conf["error_rate"]:
+        if service == "ec2":
+            return AwsError("InternalError", "An internal error has occurred", 500)
+        if protocol == "json":
+            return AwsError("ServiceUnavailableException", "Service unavailable", 503)
+        return AwsError("InternalFailure", "An internal error has occurred", 500)
+    return None
+
+
+# ---------------------------------------------------------------- EC2
+def ec2(region, account=DEFAULT_ACCOUNT_ID):
+    return ec2_backends[account][region]
+
+
+def find_instance(backend, instance_id):
+    for instance in backend.all_instances():
+        if instance.id == instance_id:
+            return instance
+    return None
+
+
+def require_live(instance):
+    if instance.state not in ("running", "stopped"):
+        raise AwsError(
+            "IncorrectInstanceState",
+            f"The instance '{instance.id}' is not in a valid state for this operation.",
+        )
+
+
+def attach_volume(call):
+    backend = ec2(call["region"])
+    vid, iid, device = (call["params"].get(k) for k in ("VolumeId", "InstanceId", "Device"))
+    volume = backend.volumes.get(vid)
+    instance = find_instance(backend, iid)
+    if volume is None or instance is None:
+        return None  # moto's NotFound errors are AWS's
+    require_live(instance)
+    if volume.zone.name != instance.placement.zone:
+        raise AwsError(
+            "InvalidVolume.ZoneMismatch",
+            f"The volume '{vid}' is not in the same availability zone as instance '{iid}'",
+        )
+    if volume.attachment is not None:
+        raise AwsError("VolumeInUse", f"{vid} is already attached to an instance")
+    if device in instance.block_device_mapping:
+        raise AwsError("InvalidParameterValue", f"Attachment point {device} is already in use")
+
+    def after(_response):
+        att = volume.attachment
+        delay = call["conf"]["attach_delay"]
+        if att is None or delay <= 0:
+            return
+        att.status = "attaching"
+
+        def done():
+            if volume.attachment is att and att.status == "attaching":
+                att.status = "attached"
+
+        schedule(("vol", vid), delay, done)
+
+    return after
+
+
+def finish_volume_detach(backend, volume, att):
+    if volume.attachment is att:
+        backend.detach_volume(volume.id, att.instance.id, att.device)
+
+
+def detach_volume(call):
+    backend = ec2(call["region"])
+    vid, iid = call["params"].get("VolumeId"), call["params"].get("InstanceId")
+    volume = backend.volumes.get(vid)
+    if volume is None:
+        return None
+    att = volume.attachment
+    if att is None:
+        raise AwsError("IncorrectState", f"Volume '{vid}' is in the 'available' state.")
+    if iid and iid != att.instance.id:
+        raise AwsError(
+            "InvalidAttachment.NotFound",
+            f"The volume '{vid}' is not attached to instance '{iid}'.",
+        )
+    if att.status != "detaching":
+        att.status = "detaching"
+        schedule(
+            ("vol", vid),
+            call["conf"]["detach_delay"],
+            lambda: finish_volume_detach(backend, volume, att),
+        )
+    inner = (
+        f"<volumeId>{vid}</volumeId><instanceId>{att.instance.id}</instanceId>"
+        f"<device>{att.device}</device><status>detaching</status>"
+        f"<attachTime>{att.attach_time.strftime('%Y-%m-%dT%H:%M:%S.000Z')}</attachTime>"
+    )
+    return xml_response("DetachVolume", EC2_NS, inner, False)
+
+
+def attach_eni(call):
+    backend = ec2(call["region"])
+    params = call["params"]
+    eni = backend.enis.get(params.get("NetworkInterfaceId"))
+    instance = find_instance(backend, params.get("InstanceId"))
+    if eni is None or instance is None:
+        return None
+    require_live(instance)
+    if eni.subnet.availability_zone != instance.placement.zone:
+        raise AwsError(
+            "InvalidParameterCombination",
+            "You may not attach a network interface to an instance if they are not in the "
+            "same availability zone",
+        )
+    if eni.attachment_id is not None:
+        raise AwsError("InvalidNetworkInterface.InUse", f"Interface: [{eni.id}] in use.")
+    index = int(params.get("DeviceIndex", "-1"))
+    if index in instance.nics:
+        raise AwsError(
+            "InvalidParameterValue",
+            f"Instance '{instance.id}' already has an interface attached at device index "
+            f"'{index}'.",
+        )
+
+    def after(_response):
+        delay = call["conf"]["attach_delay"]
+        if eni.attachment_id is None or delay <= 0:
+            return
+        ENI_STATE[eni.id] = "attaching"
+        attachment_id = eni.attachment_id
+
+        def done():
+            if eni.attachment_id == attachment_id and ENI_STATE.get(eni.id) == "attaching":
+                ENI_STATE.pop(eni.id, None)
+
+        schedule(("eni", eni.id), delay, done)
+
+    return after
+
+
+def finish_eni_detach(eni, attachment_id):
+    if eni.attachment_id == attachment_id and eni.instance is not None:
+        eni.instance.detach_eni(eni)
+    ENI_STATE.pop(eni.id, None)
+
+
+def detach_eni(call):
+    backend = ec2(call["region"])
+    attachment_id = call["params"].get("AttachmentId")
+    eni = next((e for e in backend.enis.values() if e.attachment_id == attachment_id), None)
+    if eni is None:
+        return None
+    if eni.device_index == 0:
+        raise AwsError(
+            "OperationNotPermitted",
+            "The network interface at device index 0 cannot be detached.",
+        )
+    if ENI_STATE.get(eni.id) != "detaching":
+        ENI_STATE[eni.id] = "detaching"
+        schedule(
+            ("eni", eni.id),
+            call["conf"]["detach_delay"],
+            lambda: finish_eni_detach(eni, attachment_id),
+        )
+    return xml_response("DetachNetworkInterface", EC2_NS, "<return>true</return>", False)
+
+
+def terminate_instances(call):
+    """Keep non-root volumes and extra ENIs attached to the dead instance for a while."""
+    backend = ec2(call["region"])
+    ids = [v for k, v in call["params"].items() if k.startswith("InstanceId.")]
+    held = []
+    for iid in ids:
+        instance = find_instance(backend, iid)
+        if instance is None or instance.state in ("terminated", "shutting-down"):
+            continue
+        for device, bdm in list(instance.block_device_mapping.items()):
+            if device == instance.root_device_name or bdm.delete_on_termination:
+                continue
+            volume = backend.volumes.get(bdm.volume_id)
+            if volume is not None and volume.attachment is not None:
+                del instance.block_device_mapping[device]
+                held.append(("vol", instance, device, bdm, volume))
+        # The primary interface stays with the dead instance (moto's DescribeInstances needs it).
+        for index, eni in list(instance.nics.items()):
+            if index != 0 and not eni.delete_on_termination:
+                held.append(("eni", instance, index, None, eni))
+
+    def after(_response):
+        delay = call["conf"]["release_delay"]
+        for kind, instance, where, bdm, res in held:
+            if kind == "vol":
+                instance.block_device_mapping[where] = bdm
+                att = res.attachment
+                schedule(
+                    ("vol", res.id), delay, lambda r=res, a=att: finish_volume_detach(backend, r, a)
+                )
+            else:
+                aid = res.attachment_id
+                schedule(("eni", res.id), delay, lambda e=res, a=aid: finish_eni_detach(e, a))
+
+    return after
+
+
+# ---------------------------------------------------------------- Auto Scaling
+def lifecycle_call(call, kind):
+    params = call["params"]
+    backend = autoscaling_backends[DEFAULT_ACCOUNT_ID][call["region"]]
+    asg, hook = params.get("AutoScalingGroupName"), params.get("LifecycleHookName")
+    iid, token = params.get("InstanceId"), params.get("LifecycleActionToken")
+    group = backend.autoscaling_groups.get(asg)
+    if group is None:
+        raise AwsError("ValidationError", f"AutoScalingGroup name not found - {asg}")
+    if f"{asg}_{hook}" not in backend.lifecycle_hooks:
+        raise AwsError("ValidationError", f"No Lifecycle Hook found with name {hook} for group {asg}")
+    if not iid and not token:
+        raise AwsError("ValidationError", "Either InstanceId or LifecycleActionToken is required")
+    if iid and iid not in [s.instance.id for s in group.instance_states]:
+        raise AwsError("ValidationError", f"No active Lifecycle Action found with instance ID {iid}")
+    if (asg, hook, iid or token) in COMPLETED_ACTIONS:
+        raise AwsError("ValidationError", f"No active Lifecycle Action found with instance ID {iid}")
+    result = params.get("LifecycleActionResult")
+    if kind == "complete":
+        if result not in ("CONTINUE", "ABANDON"):
+            raise AwsError("ValidationError", "LifecycleActionResult must be CONTINUE or ABANDON")
+        COMPLETED_ACTIONS.add((asg, hook, iid or token))
+    LIFECYCLE.append(
+        {
+            "kind": kind,
+            "auto_scaling_group": asg,
+            "hook": hook,
+            "instance_id": iid,
+            "token": token,
+            "result": result,
+            "scope": call["scope"],
+            "time": time.time(),
+        }
+    )
+    action = "CompleteLifecycleAction" if kind == "complete" else "RecordLifecycleActionHeartbeat"
+    return xml_response(action, ASG_NS, "", True)
+
+
+# ---------------------------------------------------------------- CloudFormation
+def find_stack(region, name):
+    backend = cloudformation_backends[DEFAULT_ACCOUNT_ID][region]
+    for stack in list(backend.stacks.values()):
+        if name in (stack.name, stack.stack_id):
+            return stack
+    return None
+
+
+def set_stack_status(stack_id, status):
+    for regions in cloudformation_backends.values():
+        for backend in regions.values():
+            if stack_id in backend.stacks:
+                backend.stacks[stack_id].status = status
+
+
+def iso_duration(text):
+    m = re.fullmatch(r"PT(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?", text or "PT5M")
+    if not m:
+        return 300
+    h, mi, s = (int(x) if x else 0 for x in m.groups())
+    return h * 3600 + mi * 60 + s
+
+
+def create_stack(call):
+    def after(response):
+        if response.status_code != 200:
+            return
+        stack = find_stack(call["region"], call["params"].get("StackName"))
+        if stack is None:
+            return
+        waits = {}
+        for lid, res in (stack.template_dict.get("Resources") or {}).items():
+            signal = ((res or {}).get("CreationPolicy") or {}).get("ResourceSignal")
+            if signal is not None:
+                waits[lid] = {
+                    "count": int(signal.get("Count", 1)),
+                    "success": 0,
+                    "deadline": time.monotonic() + iso_duration(signal.get("Timeout")),
+                }
+        if waits:
+            stack.status = "CREATE_IN_PROGRESS"
+            CREATION[stack.stack_id] = waits
+
+    return after
+
+
+def signal_resource(call):
+    params = call["params"]
+    name, lid = params.get("StackName"), params.get("LogicalResourceId")
+    status, unique = params.get("Status"), params.get("UniqueId")
+    stack = find_stack(call["region"], name)
+    if stack is None:
+        raise AwsError("ValidationError", f"Stack with id {name} does not exist")
+    if lid not in (stack.template_dict.get("Resources") or {}):
+        raise AwsError("ValidationError", f"Resource {lid} does not exist for stack {stack.name}")
+    if status not in ("SUCCESS", "FAILURE"):
+        raise AwsError("ValidationError", "Status must be SUCCESS or FAILURE")
+    if not unique:
+        raise AwsError("ValidationError", "UniqueId is required")
+    if stack.status not in ("CREATE_IN_PROGRESS", "UPDATE_IN_PROGRESS"):
+        raise AwsError(
+            "ValidationError",
+            f"Stack {stack.stack_id} is in {stack.status} state and cannot be signaled",
+        )
+    SIGNALS.append(
+        {
+            "stack_id": stack.stack_id,
+            "stack_name": stack.name,
+            "logical_resource_id": lid,
+            "unique_id": unique,
+            "status": status,
+            "reason": params.get("Reason"),
+            "scope": call["scope"],
+            "time": time.time(),
+        }
+    )
+    waits = CREATION.get(stack.stack_id)
+    if waits is not None and lid in waits:
+        if status == "FAILURE":
+            stack.status = "CREATE_FAILED"
+            CREATION.pop(stack.stack_id, None)
+        else:
+            waits[lid]["success"] += 1
+            if all(w["success"] >= w["count"] for w in waits.values()):
+                stack.status = "CREATE_COMPLETE"
+                CREATION.pop(stack.stack_id, None)
+    return Response(
+        f'<SignalResourceResponse xmlns="{CFN_NS}"><ResponseMetadata><RequestId>'
+        f"{request_id()}</RequestId></ResponseMetadata></SignalResourceResponse>",
+        content_type="text/xml",
+    )
+
+
+HANDLERS = {
+    ("ec2", "AttachVolume"): attach_volume,
+    ("ec2", "DetachVolume"): detach_volume,
+    ("ec2", "AttachNetworkInterface"): attach_eni,
+    ("ec2", "DetachNetworkInterface"): detach_eni,
+    ("ec2", "TerminateInstances"): terminate_instances,
+    ("autoscaling", "CompleteLifecycleAction"): lambda c: lifecycle_call(c, "complete"),
+    ("autoscaling", "RecordLifecycleActionHeartbeat"): lambda c: lifecycle_call(c, "heartbeat"),
+    ("cloudformation", "CreateStack"): create_stack,
+    ("cloudformation", "SignalResource"): signal_resource,
+}
+
+
+# ---------------------------------------------------------------- inspection
+def tags(backend, resource_id):
+    return dict(backend.tags.get(resource_id, {}))
+
+
+def state(region, vpc_id):
+    backend = ec2(region)
+    instances, ids = [], set()
+    for instance in backend.all_instances():
+        if instance.vpc_id != vpc_id:
+            continue
+        ids.add(instance.id)
+        primary = instance.nics.get(0)
+        instances.append(
+            {
+                "id": instance.id,
+                "state": instance.state,
+                "az": instance.placement.zone,
+                "subnet_id": instance.subnet_id,
+                "private_ip": instance.private_ip,
+                "mac": primary.mac_address if primary else None,
+                "primary_eni": primary.id if primary else None,
+                "instance_type": instance.instance_type,
+                "root_device_name": instance.root_device_name,
+                "tags": tags(backend, instance.id),
+            }
+        )
+    enis = []
+    for eni in backend.enis.values():
+        if eni.subnet.vpc_id != vpc_id:
+            continue
+        att = eni.attachment
+        enis.append(
+            {
+                "id": eni.id,
+                "mac": eni.mac_address,
+                "subnet_id": eni.subnet.id,
+                "cidr": eni.subnet.cidr_block,
+                "az": eni.subnet.availability_zone,
+                "private_ips": [eni.private_ip_address]
+                + [
+                    a["PrivateIpAddress"]
+                    for a in eni.private_ip_addresses
+                    if a.get("PrivateIpAddress") != eni.private_ip_address
+                ],
+                "attachment": None
+                if att is None
+                else {
+                    "instance_id": att.instance_id,
+                    "device_index": att.device_index,
+                    "status": att.status,
+                },
+                "tags": tags(backend, eni.id),
+            }
+        )
+    volumes = []
+    for volume in backend.volumes.values():
+        att = volume.attachment
+        if att is None or att.instance.id not in ids:
+            continue
+        volumes.append(
+            {
+                "id": volume.id,
+                "az": volume.zone.name,
+                "size": volume.size,
+                "attachment": {
+                    "instance_id": att.instance.id,
+                    "device": att.device,
+                    "status": att.status,
+                },
+            }
+        )
+    return {"instances": instances, "enis": enis, "volumes": volumes}
+
+
+def control(req):
+    path = req.path[len("/_testbed/"):]
+    with LOCK:
+        tick()
+        if path.startswith("scope/") and req.method == "POST":
+            scope = path[len("scope/"):]
+            conf = json.loads(req.get_data() or b"{}")
+            unknown = set(conf) - set(DEFAULTS)
+            if unknown:
+                return Response(f"unknown settings {sorted(unknown)}", status=400)
+            SCOPES.setdefault(scope, {}).update(conf)
+            return Response(json.dumps(settings(scope)), content_type="application/json")
+        if path == "signals":
+            return Response(json.dumps(SIGNALS), content_type="application/json")
+        if path == "lifecycle":
+            return Response(json.dumps(LIFECYCLE), content_type="application/json")
+        if path == "state":
+            body = state(req.args.get("region", "us-east-1"), req.args.get("vpc"))
+            return Response(json.dumps(body), content_type="application/json")
+        if path == "stack-status" and req.method == "POST":
+            conf = json.loads(req.get_data())
+            stack = find_stack(conf["region"], conf["stack"])
+            if stack is None:
+                return Response("no such stack", status=404)
+            stack.status = conf["status"]
+            CREATION.pop(stack.stack_id, None)
+            return Response("{}", content_type="application/json")
+        if path == "health":
+            return Response("ok")
+    return Response("unknown testbed endpoint", status=404)
+
+
+class Testbed:
+    def __init__(self):
+        self.moto = DomainDispatcherApplication(create_backend_app)
+
+    def __call__(self, environ, start_response):
+        req = Request(environ)
+        if req.path.startswith("/_testbed/"):
+            try:
+                response = control(req)
+            except Exception:  # a testbed bug: say so loudly, in the log and the reply
+                import traceback
+
+                trace = traceback.format_exc()
+                sys.stderr.write(trace)
+                response = Response(trace, status=500)
+            return response(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        service, region, scope, action, params, protocol = parse_call(environ, body)
+        conf = settings(scope)
+        if conf["latency_ms"]:
+            time.sleep(conf["latency_ms"] / 1000.0)
+        fault = fault_for(conf, action, protocol, service)
+        if fault is not None:
+            return error_response(fault, protocol)(environ, start_response)
+        call = {"region": region, "scope": scope, "params": params, "conf": conf}
+        with LOCK:
+            tick()
+            after = None
+            handler = HANDLERS.get((service, action))
+            if handler is not None:
+                try:
+                    result = handler(call)
+                except AwsError as err:
+                    return error_response(err, protocol)(environ, start_response)
+                if isinstance(result, Response):
+                    return result(environ, start_response)
+                after = result
+            app_iter, status, headers = run_wsgi_app(self.moto, environ, buffered=True)
+            response = Response(app_iter, status=status, headers=headers)
+            if after is not None and response.status_code == 200:
+                after(response)
+        return response(environ, start_response)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    sys.stderr.write(f"awsbed listening on {args.host}:{args.port}\n")
+    run_simple(
+        args.host,
+        args.port,
+        Testbed(),
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+
+
+if __name__ == "__main__":
+    main()
