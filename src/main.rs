@@ -1,1 +1,27 @@
-fn main() {}
+//! kafka-agent's entry point: parse arguments, set up logging, run, map the error to an exit code.
+
+use clap::Parser;
+use kafka_agent::{cli, exit};
+
+#[tokio::main]
+async fn main() {
+    let cli = cli::Cli::parse();
+    let level = match cli.verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KAFKA_AGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    if let Err(err) = cli::run(cli).await {
+        let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
+        eprintln!("kafka-agent: {}", chain.join(": "));
+        std::process::exit(exit::code_for(&err));
+    }
+}

@@ -1,0 +1,47 @@
+//! The command line: what each subcommand does, and the shared flags.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Debug, Parser)]
+#[command(name = "kafka-agent", version, about = "Gives a Kafka broker or ZooKeeper node its id, ENI, volume and configuration back on every boot")]
+pub struct Cli {
+    /// The main configuration file; drop-ins are read from config.d/ beside it.
+    #[arg(long, global = true, env = "KAFKA_AGENT_CONFIG", default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
+    Config {
+        /// Also list the files read, in the order they apply.
+        #[arg(long)]
+        files: bool,
+    },
+}
+
+/// Runs the command; output goes to stdout, logs to stderr.
+pub async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Config { files } => {
+            let settings = config::load(&cli.config)?;
+            if files {
+                for f in config::files(&cli.config)? {
+                    println!("# {}", f.display());
+                }
+            }
+            print!("{}", settings.to_toml());
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,491 @@
+//! The agent's configuration: one TOML file plus drop-ins, validated into typed [`Settings`].
+//!
+//! `agent.toml` is read first, then every `config.d/*.toml` beside it in file-name order; a
+//! later file's keys win over an earlier one's (tables merge key by key). The merged document
+//! is checked against the schema: an unknown key, a wrong type or a value out of range is an
+//! error that names the file that set it, the key and the expected form.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the agent looks when neither `--config` nor `KAFKA_AGENT_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/kafka-agent/agent.toml";
+
+/// A configuration problem, already phrased for an operator: one line, naming file and key.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}
+
+/// What kind of node this instance becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Kafka,
+    Zookeeper,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Kafka => "kafka",
+            Role::Zookeeper => "zookeeper",
+        })
+    }
+}
+
+/// The validated, typed configuration the rest of the agent works with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub cluster: Cluster,
+    pub boot: Boot,
+    pub paths: Paths,
+    pub zookeeper: Option<Zookeeper>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Cluster {
+    /// Names the cluster in tags, ZooKeeper paths and log groups.
+    pub name: String,
+    pub role: Role,
+    /// How many ids the cluster has: brokers 0..size-1, ZooKeeper myids 1..size.
+    pub size: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Boot {
+    /// The whole boot must be done by then, or it fails with a reason.
+    #[serde(serialize_with = "as_seconds")]
+    pub deadline: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Paths {
+    /// Where the agent journals what it did.
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Zookeeper {
+    /// host:port[,host:port...][/chroot]
+    pub connect: String,
+    /// `user:password` for digest authentication; never printed.
+    #[serde(serialize_with = "redacted")]
+    pub digest: Option<String>,
+    #[serde(serialize_with = "as_seconds")]
+    pub session_timeout: Duration,
+}
+
+fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn redacted<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_str("<redacted>"),
+        None => s.serialize_none(),
+    }
+}
+
+// The file schema. Every table denies unknown keys; ranges are checked in `validate`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    cluster: RawCluster,
+    #[serde(default)]
+    boot: RawBoot,
+    #[serde(default)]
+    paths: RawPaths,
+    zookeeper: Option<RawZookeeper>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    name: String,
+    role: Role,
+    size: i64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBoot {
+    deadline_seconds: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPaths {
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZookeeper {
+    connect: String,
+    digest: Option<String>,
+    session_timeout_seconds: Option<i64>,
+}
+
+/// The files that make up a configuration, in the order they apply.
+pub fn files(main: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let mut out = vec![main.to_path_buf()];
+    let dir = main
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("config.d");
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut dropins = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(|e| ConfigError::new(&dir, format!("cannot list: {e}")))?;
+                let path = entry.path();
+                if path.extension().is_some_and(|x| x == "toml") {
+                    dropins.push(path);
+                }
+            }
+            dropins.sort();
+            out.extend(dropins);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ConfigError::new(&dir, format!("cannot list: {e}"))),
+    }
+    Ok(out)
+}
+
+/// Reads, merges and validates the configuration rooted at `main`.
+pub fn load(main: &Path) -> Result<Settings, ConfigError> {
+    let mut sources = Vec::new();
+    for file in files(main)? {
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| ConfigError::new(&file, format!("cannot read: {e}")))?;
+        sources.push((file, text));
+    }
+    parse(&sources)
+}
+
+/// Merges and validates already-read sources (path, text), later ones winning.
+pub fn parse(sources: &[(PathBuf, String)]) -> Result<Settings, ConfigError> {
+    let mut merged = toml::Table::new();
+    let mut origin = BTreeMap::new();
+    for (file, text) in sources {
+        let table: toml::Table = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| line_col(text, s.start))
+                .map(|(l, c)| format!("line {l} column {c}: "))
+                .unwrap_or_default();
+            ConfigError::new(
+                file,
+                format!("{at}invalid TOML: {}", e.message().replace('\n', " ")),
+            )
+        })?;
+        merge(&mut merged, table, "", file, &mut origin);
+    }
+    let main = sources
+        .first()
+        .map(|(f, _)| f.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let file_of = |key: &str| -> PathBuf {
+        // The file that set the key, or the nearest table above it, or the main file.
+        let mut k = key;
+        loop {
+            if let Some(f) = origin.get(k) {
+                return f.clone();
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => return main.clone(),
+            }
+        }
+    };
+    let raw: Raw = serde_path_to_error::deserialize(toml::Value::Table(merged)).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        let message = describe_serde_error(&key, &inner);
+        ConfigError::new(&file_of(&key), message)
+    })?;
+    validate(raw, &|key: &str, msg: String| {
+        ConfigError::new(&file_of(key), format!("key `{key}`: {msg}"))
+    })
+}
+
+fn describe_serde_error(key: &str, inner: &str) -> String {
+    let inner = inner.lines().next().unwrap_or(inner).trim();
+    if let Some(rest) = inner.strip_prefix("unknown field ") {
+        // rest: "`x`, expected one of `a`, `b`"
+        let (field, expected) = rest.split_once(", ").unwrap_or((rest, ""));
+        let field = field.trim_matches('`');
+        let full = if key.is_empty() || key == "." {
+            field.to_string()
+        } else {
+            // serde_path_to_error's path already ends with the unknown key
+            key.to_string()
+        };
+        let full = if full.ends_with(field) {
+            full
+        } else {
+            format!("{full}.{field}")
+        };
+        return format!("unknown key `{full}`; {expected}");
+    }
+    if let Some(rest) = inner.strip_prefix("missing field ") {
+        let field = rest.trim_matches('`');
+        let full = if key.is_empty() || key == "." {
+            field.to_string()
+        } else {
+            format!("{key}.{field}")
+        };
+        return format!("missing key `{full}`");
+    }
+    format!("key `{key}`: {inner}")
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+fn merge(
+    into: &mut toml::Table,
+    from: toml::Table,
+    prefix: &str,
+    file: &Path,
+    origin: &mut BTreeMap<String, PathBuf>,
+) {
+    for (k, v) in from {
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(dst)), toml::Value::Table(src)) => {
+                merge(dst, src, &key, file, origin);
+            }
+            (_, v) => {
+                if let toml::Value::Table(t) = &v {
+                    origin.insert(key.clone(), file.to_path_buf());
+                    let mut fresh = toml::Table::new();
+                    merge(&mut fresh, t.clone(), &key, file, origin);
+                    into.insert(k, toml::Value::Table(fresh));
+                } else {
+                    origin.insert(key, file.to_path_buf());
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+}
+
+fn in_range(
+    key: &str,
+    v: i64,
+    lo: i64,
+    hi: i64,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<i64, ConfigError> {
+    if (lo..=hi).contains(&v) {
+        Ok(v)
+    } else {
+        Err(err(
+            key,
+            format!("{v} is out of range; expected an integer from {lo} to {hi}"),
+        ))
+    }
+}
+
+fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Settings, ConfigError> {
+    let name = raw.cluster.name;
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !name_ok {
+        return Err(err(
+            "cluster.name",
+            format!("{name:?} is not a cluster name; expected 1 to 64 of A-Z a-z 0-9 - _"),
+        ));
+    }
+    let size = in_range("cluster.size", raw.cluster.size, 1, 1024, err)? as u32;
+    let deadline = in_range(
+        "boot.deadline_seconds",
+        raw.boot.deadline_seconds.unwrap_or(600),
+        10,
+        86_400,
+        err,
+    )?;
+    let state_dir = raw
+        .paths
+        .state_dir
+        .unwrap_or_else(|| PathBuf::from("/var/lib/kafka-agent"));
+    if !state_dir.is_absolute() {
+        return Err(err(
+            "paths.state_dir",
+            format!("{} is relative; expected an absolute path", state_dir.display()),
+        ));
+    }
+    let zookeeper = match raw.zookeeper {
+        None => None,
+        Some(z) => {
+            check_connect(&z.connect).map_err(|m| err("zookeeper.connect", m))?;
+            if let Some(d) = &z.digest
+                && !d.contains(':')
+            {
+                return Err(err(
+                    "zookeeper.digest",
+                    "expected the form user:password".to_string(),
+                ));
+            }
+            let timeout = in_range(
+                "zookeeper.session_timeout_seconds",
+                z.session_timeout_seconds.unwrap_or(10),
+                2,
+                120,
+                err,
+            )?;
+            Some(Zookeeper {
+                connect: z.connect,
+                digest: z.digest,
+                session_timeout: Duration::from_secs(timeout as u64),
+            })
+        }
+    };
+    Ok(Settings {
+        cluster: Cluster {
+            name,
+            role: raw.cluster.role,
+            size,
+        },
+        boot: Boot {
+            deadline: Duration::from_secs(deadline as u64),
+        },
+        paths: Paths { state_dir },
+        zookeeper,
+    })
+}
+
+fn check_connect(connect: &str) -> Result<(), String> {
+    let expected = "expected host:port[,host:port...][/chroot]";
+    let (hosts, chroot) = match connect.find('/') {
+        Some(i) => (&connect[..i], Some(&connect[i..])),
+        None => (connect, None),
+    };
+    if hosts.is_empty() {
+        return Err(format!("{connect:?} names no server; {expected}"));
+    }
+    for hp in hosts.split(',') {
+        let ok = hp
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            return Err(format!("{hp:?} is not host:port; {expected}"));
+        }
+    }
+    if let Some(c) = chroot
+        && (c.len() < 2 || c.ends_with('/') || c.contains("//"))
+    {
+        return Err(format!("chroot {c:?} is not a ZooKeeper path; {expected}"));
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("settings serialize to TOML")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn src(name: &str, text: &str) -> (PathBuf, String) {
+        (PathBuf::from(name), text.to_string())
+    }
+
+    const BASE: &str = "[cluster]\nname = \"orders\"\nrole = \"kafka\"\nsize = 3\n";
+
+    #[test]
+    fn minimal_file_gets_defaults() {
+        let s = parse(&[src("/etc/a.toml", BASE)]).unwrap();
+        assert_eq!(s.cluster.name, "orders");
+        assert_eq!(s.cluster.role, Role::Kafka);
+        assert_eq!(s.boot.deadline, Duration::from_secs(600));
+        assert_eq!(s.paths.state_dir, PathBuf::from("/var/lib/kafka-agent"));
+    }
+
+    #[test]
+    fn later_dropin_wins_key_by_key() {
+        let s = parse(&[
+            src("/etc/a.toml", BASE),
+            src("/etc/config.d/10.toml", "[cluster]\nsize = 5\n"),
+        ])
+        .unwrap();
+        assert_eq!(s.cluster.size, 5);
+        assert_eq!(s.cluster.name, "orders");
+    }
+
+    #[test]
+    fn unknown_key_names_file_and_key() {
+        let e = parse(&[
+            src("/etc/a.toml", BASE),
+            src("/etc/config.d/10.toml", "[cluster]\nsizes = 5\n"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.file, PathBuf::from("/etc/config.d/10.toml"));
+        assert!(e.message.contains("unknown key `cluster.sizes`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_key_and_expected_form() {
+        let e = parse(&[src("/etc/a.toml", &BASE.replace("size = 3", "size = \"3\""))]).unwrap_err();
+        assert!(e.message.contains("cluster.size"), "{e}");
+        assert!(e.message.contains("expected i64"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_is_rejected() {
+        let e = parse(&[src("/etc/a.toml", &BASE.replace("size = 3", "size = 0"))]).unwrap_err();
+        assert!(e.to_string().contains("key `cluster.size`: 0 is out of range"), "{e}");
+    }
+
+    #[test]
+    fn malformed_toml_gives_line() {
+        let e = parse(&[src("/etc/a.toml", "[cluster\nname=1")]).unwrap_err();
+        assert!(e.message.starts_with("line 1 column"), "{e}");
+        assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn zookeeper_connect_is_checked_and_digest_redacted() {
+        let bad = format!("{BASE}[zookeeper]\nconnect = \"zk1,zk2:2181\"\n");
+        let e = parse(&[src("/etc/a.toml", &bad)]).unwrap_err();
+        assert!(e.message.contains("zookeeper.connect"), "{e}");
+        let good = format!(
+            "{BASE}[zookeeper]\nconnect = \"zk1:2181,zk2:2181/kafka\"\ndigest = \"u:secret\"\n"
+        );
+        let s = parse(&[src("/etc/a.toml", &good)]).unwrap();
+        let shown = s.to_toml();
+        assert!(shown.contains("<redacted>") && !shown.contains("secret"), "{shown}");
+    }
+}
