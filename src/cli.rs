@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use crate::config;
 
 #[derive(Debug, Parser)]
-#[command(name = "kafka-agent", version, about = "Gives a Kafka broker or ZooKeeper node its id, ENI, volume and configuration back on every boot")]
+#[command(
+    name = "kafka-agent",
+    version,
+    about = "Gives a Kafka broker or ZooKeeper node its id, ENI, volume and configuration back on every boot"
+)]
 pub struct Cli {
     /// The main configuration file; drop-ins are read from config.d/ beside it.
     #[arg(long, global = true, env = "KAFKA_AGENT_CONFIG", default_value = config::DEFAULT_PATH)]

@@ -153,7 +153,8 @@ pub fn files(main: &Path) -> Result<Vec<PathBuf>, ConfigError> {
         Ok(entries) => {
             let mut dropins = Vec::new();
             for entry in entries {
-                let entry = entry.map_err(|e| ConfigError::new(&dir, format!("cannot list: {e}")))?;
+                let entry =
+                    entry.map_err(|e| ConfigError::new(&dir, format!("cannot list: {e}")))?;
                 let path = entry.path();
                 if path.extension().is_some_and(|x| x == "toml") {
                     dropins.push(path);
@@ -340,7 +341,10 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     if !state_dir.is_absolute() {
         return Err(err(
             "paths.state_dir",
-            format!("{} is relative; expected an absolute path", state_dir.display()),
+            format!(
+                "{} is relative; expected an absolute path",
+                state_dir.display()
+            ),
         ));
     }
     let zookeeper = match raw.zookeeper {
@@ -458,7 +462,11 @@ mod tests {
 
     #[test]
     fn wrong_type_names_key_and_expected_form() {
-        let e = parse(&[src("/etc/a.toml", &BASE.replace("size = 3", "size = \"3\""))]).unwrap_err();
+        let e = parse(&[src(
+            "/etc/a.toml",
+            &BASE.replace("size = 3", "size = \"3\""),
+        )])
+        .unwrap_err();
         assert!(e.message.contains("cluster.size"), "{e}");
         assert!(e.message.contains("expected i64"), "{e}");
     }
@@ -466,7 +474,11 @@ mod tests {
     #[test]
     fn out_of_range_is_rejected() {
         let e = parse(&[src("/etc/a.toml", &BASE.replace("size = 3", "size = 0"))]).unwrap_err();
-        assert!(e.to_string().contains("key `cluster.size`: 0 is out of range"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("key `cluster.size`: 0 is out of range"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -486,6 +498,9 @@ mod tests {
         );
         let s = parse(&[src("/etc/a.toml", &good)]).unwrap();
         let shown = s.to_toml();
-        assert!(shown.contains("<redacted>") && !shown.contains("secret"), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains("secret"),
+            "{shown}"
+        );
     }
 }

@@ -1,0 +1,134 @@
+//! Network namespaces as simulated hosts: creating them, wiring veth pairs between them, and
+//! running code or commands inside one.
+//!
+//! The testbed itself shells out to `ip` (the agent never does: it speaks netlink).
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::process::run;
+
+/// Runs `ip` with the given arguments.
+pub fn ip(args: &[&str]) -> Result<String> {
+    run("ip", args)
+}
+
+/// Runs `ip` inside namespace `ns`.
+pub fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
+    let mut all = vec!["-n", ns];
+    all.extend_from_slice(args);
+    run("ip", &all)
+}
+
+pub fn path(ns: &str) -> PathBuf {
+    PathBuf::from("/run/netns").join(ns)
+}
+
+/// Creates namespace `ns` with its loopback up.
+pub fn create(ns: &str) -> Result<()> {
+    ip(&["netns", "add", ns]).with_context(|| format!("creating network namespace {ns}"))?;
+    ip_in(ns, &["link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Deletes namespace `ns` (and with it every interface inside); absent is fine.
+pub fn delete(ns: &str) -> Result<()> {
+    if path(ns).exists() {
+        ip(&["netns", "delete", ns]).with_context(|| format!("deleting network namespace {ns}"))?;
+    }
+    Ok(())
+}
+
+/// Names of the existing namespaces that start with `prefix`.
+pub fn list(prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(prefix))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// Sets a sysctl inside namespace `ns` (net.* sysctls are per namespace).
+pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
+    let file = format!("/proc/sys/{}", key.replace('.', "/"));
+    let value = value.to_string();
+    in_netns(ns, move || {
+        std::fs::write(&file, value).with_context(|| format!("writing {file}"))
+    })?
+}
+
+/// A veth pair: `a_name` inside `a_ns`, `b_name` inside `b_ns`, `a` with MAC `a_mac` if given.
+pub fn veth(
+    tmp_prefix: &str,
+    a_ns: &str,
+    a_name: &str,
+    a_mac: Option<&str>,
+    b_ns: &str,
+    b_name: &str,
+) -> Result<()> {
+    // Both ends are made in the root namespace under unique temporary names, then moved.
+    let ta = format!("{tmp_prefix}a");
+    let tb = format!("{tmp_prefix}b");
+    let mut args = vec!["link", "add", &ta];
+    if let Some(mac) = a_mac {
+        args.extend(["address", mac]);
+    }
+    args.extend(["type", "veth", "peer", "name", &tb]);
+    ip(&args).with_context(|| format!("creating veth {a_ns}/{a_name} <-> {b_ns}/{b_name}"))?;
+    let moved = (|| {
+        ip(&["link", "set", &ta, "netns", a_ns, "name", a_name])?;
+        ip(&["link", "set", &tb, "netns", b_ns, "name", b_name])?;
+        Ok::<_, anyhow::Error>(())
+    })();
+    if moved.is_err() {
+        let _ = ip(&["link", "delete", &ta]);
+        let _ = ip(&["link", "delete", &tb]);
+    }
+    moved
+}
+
+/// Runs `f` on a fresh thread that has entered namespace `ns`. Sockets created there belong
+/// to `ns` for their whole life, whichever thread uses them later.
+pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+    let file = File::open(path(ns)).with_context(|| format!("opening namespace {ns}"))?;
+    let ns = ns.to_string();
+    std::thread::spawn(move || {
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering namespace {ns}"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("thread in a network namespace panicked"))?
+}
+
+/// Runs a future to completion on a thread inside namespace `ns`, with its own runtime.
+pub fn block_on_in<T: Send + 'static>(
+    ns: &str,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    in_netns(ns, move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("build a runtime")
+            .block_on(fut)
+    })
+}
+
+/// A command that runs inside namespace `ns` (network only: mounts stay in the root mount
+/// namespace, where tests and cleanup see them).
+pub fn command(ns: &str, program: &str) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", path(ns).display()))
+        .arg("--")
+        .arg(program);
+    cmd
+}
