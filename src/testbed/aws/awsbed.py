@@ -73,9 +73,18 @@ class AwsError(Exception):
         self.status = status
 
 
+TIMING = ("attach_delay", "detach_delay", "release_delay")
+
+
 def settings(scope):
+    """A scope's settings. `<scope>-admin` (the testbed's own calls) shares the timing of
+    `<scope>` (delays belong to the simulated world) but never gets faults."""
     merged = dict(DEFAULTS)
-    merged.update(SCOPES.get(scope, {}))
+    if scope.endswith("-admin"):
+        base = SCOPES.get(scope[: -len("-admin")], {})
+        merged.update({k: v for k, v in base.items() if k in TIMING})
+    else:
+        merged.update(SCOPES.get(scope, {}))
     return merged
 
 

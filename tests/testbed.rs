@@ -1,0 +1,480 @@
+//! The testbed behaves like AWS where the agent depends on it. Needs root; shares one moto and
+//! one ZooKeeper per test binary; every test makes its own world (VPC, namespaces, scope).
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use kafka_agent::testbed::{self, World, aws::ScopeSettings, netns, zookeeper::Ensemble};
+
+fn ec2(world: &World) -> aws_sdk_ec2::Client {
+    aws_sdk_ec2::Client::new(&testbed::shared().moto.sdk_config(&world.scope))
+}
+
+async fn configure(world: &World, settings: ScopeSettings) {
+    testbed::shared()
+        .moto
+        .configure(&world.scope, &settings)
+        .await
+        .expect("configure scope");
+}
+
+fn code<E: ProvideErrorMetadata>(r: Result<impl std::fmt::Debug, E>) -> String {
+    match r {
+        Ok(v) => panic!("expected an AWS error, got {v:?}"),
+        Err(e) => e.code().unwrap_or("<no code>").to_string(),
+    }
+}
+
+async fn volume_state(ec2: &aws_sdk_ec2::Client, vol: &str) -> (String, Option<String>) {
+    let out = ec2.describe_volumes().volume_ids(vol).send().await.unwrap();
+    let v = &out.volumes()[0];
+    (
+        v.state().unwrap().as_str().to_string(),
+        v.attachments()
+            .first()
+            .and_then(|a| a.state())
+            .map(|s| s.as_str().to_string()),
+    )
+}
+
+#[tokio::test]
+async fn in_use_and_cross_az_attachments_are_refused_with_aws_codes() {
+    let world = World::create(testbed::shared(), &["a", "b"]).await.unwrap();
+    let ec2 = ec2(&world);
+    let a1 = world.launch("a", &[]).await.unwrap();
+    let a2 = world.launch("a", &[]).await.unwrap();
+    let (eni, _) = world.create_eni("a", &[]).await.unwrap();
+    let vol = world.create_volume("a", 1, &[]).await.unwrap();
+    let vol_b = world.create_volume("b", 1, &[]).await.unwrap();
+
+    ec2.attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&a1)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let again = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&a2)
+        .device_index(1)
+        .send()
+        .await;
+    assert_eq!(code(again), "InvalidNetworkInterface.InUse");
+
+    ec2.attach_volume()
+        .volume_id(&vol)
+        .instance_id(&a1)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    let again = ec2
+        .attach_volume()
+        .volume_id(&vol)
+        .instance_id(&a2)
+        .device("/dev/xvdf")
+        .send()
+        .await;
+    assert_eq!(code(again), "VolumeInUse");
+
+    let cross = ec2
+        .attach_volume()
+        .volume_id(&vol_b)
+        .instance_id(&a2)
+        .device("/dev/xvdg")
+        .send()
+        .await;
+    assert_eq!(code(cross), "InvalidVolume.ZoneMismatch");
+}
+
+#[tokio::test]
+async fn volume_passes_through_attaching_and_a_dead_instance_holds_it() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    configure(
+        &world,
+        ScopeSettings {
+            attach_delay: Some(1.0),
+            release_delay: Some(2.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    let vol = world.create_volume("a", 1, &[]).await.unwrap();
+    ec2.attach_volume()
+        .volume_id(&vol)
+        .instance_id(&inst)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let (_, att) = volume_state(&ec2, &vol).await;
+        let att = att.unwrap_or_default();
+        if seen.last() != Some(&att) {
+            seen.push(att.clone());
+        }
+        if att == "attached" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(seen, ["attaching", "attached"]);
+
+    let terminated_at = Instant::now();
+    world.terminate(&inst).await.unwrap();
+    let (state, att) = volume_state(&ec2, &vol).await;
+    assert_eq!(
+        (state.as_str(), att.as_deref()),
+        ("in-use", Some("attached"))
+    );
+    let again = ec2
+        .attach_volume()
+        .volume_id(&vol)
+        .instance_id(world.launch("a", &[]).await.unwrap())
+        .device("/dev/xvdf")
+        .send()
+        .await;
+    assert_eq!(code(again), "VolumeInUse");
+    loop {
+        let (state, _) = volume_state(&ec2, &vol).await;
+        if state == "available" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        terminated_at.elapsed() >= Duration::from_secs(2),
+        "the volume was released before the configured hold"
+    );
+}
+
+#[tokio::test]
+async fn signals_are_recorded_and_refused_once_the_stack_completed() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let conf = testbed::shared().moto.sdk_config(&world.scope);
+    let cfn = aws_sdk_cloudformation::Client::new(&conf);
+    let stack = format!("{}-stack", world.id);
+    let template = r#"{"Resources":{"Brokers":{"Type":"AWS::SQS::Queue",
+        "CreationPolicy":{"ResourceSignal":{"Count":1,"Timeout":"PT10M"}}}}}"#;
+    cfn.create_stack()
+        .stack_name(&stack)
+        .template_body(template)
+        .send()
+        .await
+        .unwrap();
+    let status = |cfn: aws_sdk_cloudformation::Client, stack: String| async move {
+        let out = cfn
+            .describe_stacks()
+            .stack_name(stack)
+            .send()
+            .await
+            .unwrap();
+        out.stacks()[0].stack_status().unwrap().as_str().to_string()
+    };
+    assert_eq!(
+        status(cfn.clone(), stack.clone()).await,
+        "CREATE_IN_PROGRESS"
+    );
+    cfn.signal_resource()
+        .stack_name(&stack)
+        .logical_resource_id("Brokers")
+        .unique_id("i-0123")
+        .status(aws_sdk_cloudformation::types::ResourceSignalStatus::Success)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status(cfn.clone(), stack.clone()).await, "CREATE_COMPLETE");
+    let signals = testbed::shared().moto.signals().await.unwrap();
+    let mine: Vec<_> = signals.iter().filter(|s| s.stack_name == stack).collect();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        (mine[0].unique_id.as_str(), mine[0].status.as_str()),
+        ("i-0123", "SUCCESS")
+    );
+
+    let late = cfn
+        .signal_resource()
+        .stack_name(&stack)
+        .logical_resource_id("Brokers")
+        .unique_id("i-0456")
+        .status(aws_sdk_cloudformation::types::ResourceSignalStatus::Success)
+        .send()
+        .await;
+    let err = late.expect_err("a completed stack cannot be signaled");
+    assert_eq!(err.code(), Some("ValidationError"));
+    assert!(
+        err.message().unwrap_or("").contains("cannot be signaled"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn injected_throttling_surfaces_as_the_sdks_throttling_error() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            throttle_rate: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let conf = testbed::shared().moto.sdk_config(&world.scope);
+    let err = aws_sdk_ec2::Client::new(&conf)
+        .describe_network_interfaces()
+        .send()
+        .await
+        .expect_err("every call is throttled");
+    assert_eq!(err.code(), Some("RequestLimitExceeded"));
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&conf);
+    let err = logs
+        .create_log_group()
+        .log_group_name("x")
+        .send()
+        .await
+        .expect_err("every call is throttled");
+    assert_eq!(err.code(), Some("ThrottlingException"));
+    // The admin scope of the same world is unaffected.
+    world.create_eni("a", &[]).await.unwrap();
+}
+
+#[tokio::test]
+async fn imds_serves_the_instance_and_an_attached_eni_becomes_an_interface() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let inst = world.launch("a", &[]).await.unwrap();
+    let read = |paths: Vec<String>| {
+        world
+            .on_host(&inst, async move {
+                let client = aws_config::imds::Client::builder().build();
+                let mut out = Vec::new();
+                for p in paths {
+                    out.push(client.get(p).await.map(|v| v.as_ref().to_string()));
+                }
+                out
+            })
+            .unwrap()
+    };
+    let got = read(vec![
+        "/latest/meta-data/instance-id".into(),
+        "/latest/meta-data/placement/availability-zone".into(),
+        "/latest/meta-data/network/interfaces/macs/".into(),
+    ]);
+    let got: Vec<String> = got.into_iter().map(Result::unwrap).collect();
+    assert_eq!(got[0], inst);
+    assert_eq!(got[1], "us-east-1a");
+    assert_eq!(got[2].lines().count(), 1, "only the primary MAC: {got:?}");
+
+    let (eni, _) = world.create_eni("a", &[]).await.unwrap();
+    ec2(&world)
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&inst)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let mac = ec2(&world)
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces()[0]
+        .mac_address()
+        .unwrap()
+        .to_string();
+    world
+        .wait_until(Duration::from_secs(10), "the ENI's interface", || {
+            world
+                .host_links(&inst)
+                .is_ok_and(|l| l.values().any(|m| *m == mac))
+        })
+        .await
+        .unwrap();
+    let got = read(vec![
+        "/latest/meta-data/network/interfaces/macs/".into(),
+        format!("/latest/meta-data/network/interfaces/macs/{mac}/device-number"),
+        format!("/latest/meta-data/network/interfaces/macs/{mac}/interface-id"),
+    ]);
+    let got: Vec<String> = got.into_iter().map(Result::unwrap).collect();
+    assert!(got[0].lines().any(|l| l == format!("{mac}/")), "{got:?}");
+    assert_eq!(got[1], "1");
+    assert_eq!(got[2], eni);
+}
+
+#[tokio::test]
+async fn a_volume_keeps_its_bytes_from_one_instance_to_the_next() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    let a = world.launch("a", &[]).await.unwrap();
+    let b = world.launch("a", &[]).await.unwrap();
+    let vol = world.create_volume("a", 1, &[]).await.unwrap();
+    let serial = vol.replace('-', "");
+    let attach = |inst: String| {
+        let ec2 = ec2.clone();
+        let vol = vol.clone();
+        async move {
+            ec2.attach_volume()
+                .volume_id(vol)
+                .instance_id(inst)
+                .device("/dev/xvdf")
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    let node_of = |inst: &str| -> Option<String> {
+        world
+            .host_devices(inst)
+            .into_iter()
+            .find(|(_, s)| *s == serial)
+            .map(|(n, _)| n)
+    };
+    attach(a.clone()).await;
+    world
+        .wait_until(Duration::from_secs(10), "the device on A", || {
+            node_of(&a).is_some()
+        })
+        .await
+        .unwrap();
+    let dev_a = world.host_dir(&a).join("dev").join(node_of(&a).unwrap());
+    let payload = format!("broker data of {vol}");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&dev_a)
+            .unwrap();
+        f.seek(SeekFrom::Start(4096)).unwrap();
+        f.write_all(payload.as_bytes()).unwrap();
+        f.sync_all().unwrap();
+    }
+    ec2.detach_volume().volume_id(&vol).send().await.unwrap();
+    world
+        .wait_until(Duration::from_secs(10), "the device to leave A", || {
+            node_of(&a).is_none()
+        })
+        .await
+        .unwrap();
+    attach(b.clone()).await;
+    world
+        .wait_until(Duration::from_secs(10), "the device on B", || {
+            node_of(&b).is_some()
+        })
+        .await
+        .unwrap();
+    let dev_b = world.host_dir(&b).join("dev").join(node_of(&b).unwrap());
+    let mut f = std::fs::File::open(&dev_b).unwrap();
+    f.seek(SeekFrom::Start(4096)).unwrap();
+    let mut buf = vec![0u8; payload.len()];
+    f.read_exact(&mut buf).unwrap();
+    assert_eq!(String::from_utf8_lossy(&buf), payload);
+}
+
+#[tokio::test]
+async fn two_instances_in_a_subnet_reach_each_other_over_their_enis() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    let mut ends = Vec::new();
+    for _ in 0..2 {
+        let inst = world.launch("a", &[]).await.unwrap();
+        let (eni, ip) = world.create_eni("a", &[]).await.unwrap();
+        ec2.attach_network_interface()
+            .network_interface_id(&eni)
+            .instance_id(&inst)
+            .device_index(1)
+            .send()
+            .await
+            .unwrap();
+        world
+            .wait_until(Duration::from_secs(10), "ens6", || {
+                world
+                    .host_links(&inst)
+                    .is_ok_and(|l| l.contains_key("ens6"))
+            })
+            .await
+            .unwrap();
+        let ns = world.netns(&inst);
+        netns::ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "ens6"]).unwrap();
+        netns::ip_in(&ns, &["link", "set", "ens6", "up"]).unwrap();
+        ends.push((inst, ip));
+    }
+    let (b_inst, b_ip) = ends[1].clone();
+    let (a_inst, a_ip) = ends[0].clone();
+    let bind = format!("{b_ip}:7001");
+    let listener = netns::in_netns(&world.netns(&b_inst), move || {
+        std::net::TcpListener::bind(bind)
+    })
+    .unwrap()
+    .unwrap();
+    let (src, dst) = (a_ip.clone(), b_ip.clone());
+    world
+        .on_host(&a_inst, async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+            let mut c = s
+                .connect(format!("{dst}:7001").parse().unwrap())
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut c, b"hello")
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    let (mut conn, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), a_ip);
+    let mut buf = [0u8; 5];
+    conn.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"hello");
+}
+
+#[tokio::test]
+async fn a_zookeeper_ensemble_of_three_survives_losing_a_member() {
+    testbed::require_root().unwrap();
+    let (_, dir) = testbed::new_dir("kz").unwrap();
+    let mut zk = Ensemble::start(&dir, 3).unwrap();
+    let modes: Vec<String> = (1..=3).map(|i| zk.mode(i).unwrap()).collect();
+    assert_eq!(
+        modes.iter().filter(|m| *m == "leader").count(),
+        1,
+        "{modes:?}"
+    );
+    assert_eq!(
+        modes.iter().filter(|m| *m == "follower").count(),
+        2,
+        "{modes:?}"
+    );
+
+    let leader = (1..=3)
+        .find(|i| zk.mode(*i).as_deref() == Some("leader"))
+        .unwrap();
+    zk.kill(leader).unwrap();
+    let client = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(10))
+        .connect(&zk.connect_string())
+        .await
+        .unwrap();
+    let opts =
+        zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all());
+    // The two survivors elect a new leader and keep serving writes.
+    let start = Instant::now();
+    loop {
+        match client.create("/survived", b"yes", &opts).await {
+            Ok(_) => break,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("the ensemble stopped serving after losing member {leader}: {e}"),
+        }
+    }
+    let (data, _) = client.get_data("/survived").await.unwrap();
+    assert_eq!(data, b"yes");
+    drop(zk);
+    let _ = std::fs::remove_dir_all(dir);
+}
