@@ -555,6 +555,39 @@ fn reconcile(
             boot(l, p, info, rt).with_context(|| format!("booting host {id}"))?;
         }
     }
+    // IMDS first: when a device appears, IMDS already tells about it.
+    for (id, host) in &p.hosts {
+        let info = running[id.as_str()];
+        let mut interfaces: Vec<imds::Interface> = state
+            .enis
+            .iter()
+            .filter_map(|e| {
+                let a = e.attachment.as_ref()?;
+                (a.instance_id == *id && a.status == "attached").then(|| imds::Interface {
+                    mac: e.mac.clone(),
+                    device_number: a.device_index,
+                    interface_id: e.id.clone(),
+                    local_ipv4s: e.private_ips.clone(),
+                    subnet_id: e.subnet_id.clone(),
+                    subnet_cidr: e.cidr.clone(),
+                    vpc_id: l.vpc_id.clone(),
+                })
+            })
+            .collect();
+        interfaces.sort_by_key(|i| i.device_number);
+        let md = Metadata {
+            instance_id: id.clone(),
+            instance_type: "m5.large".into(),
+            az: info.az.clone(),
+            region: REGION.into(),
+            account_id: "123456789012".into(),
+            private_ip: info.private_ip.clone().unwrap_or_default(),
+            mac: info.mac.clone().unwrap_or_default(),
+            interfaces,
+            access_key_id: l.scope.clone(),
+        };
+        *host.imds.metadata.write().unwrap() = md;
+    }
     // ENIs (device index > 0; the primary is part of the host).
     let want: BTreeMap<&str, &aws::EniInfo> = state
         .enis
@@ -614,39 +647,6 @@ fn reconcile(
                 .is_some_and(|i| i.root_device_name == vol.attachment.as_ref().unwrap().device);
             plug_volume(l, p, vol, root).with_context(|| format!("plugging {id}"))?;
         }
-    }
-    // IMDS.
-    for (id, host) in &p.hosts {
-        let info = running[id.as_str()];
-        let mut interfaces: Vec<imds::Interface> = state
-            .enis
-            .iter()
-            .filter_map(|e| {
-                let a = e.attachment.as_ref()?;
-                (a.instance_id == *id && a.status == "attached").then(|| imds::Interface {
-                    mac: e.mac.clone(),
-                    device_number: a.device_index,
-                    interface_id: e.id.clone(),
-                    local_ipv4s: e.private_ips.clone(),
-                    subnet_id: e.subnet_id.clone(),
-                    subnet_cidr: e.cidr.clone(),
-                    vpc_id: l.vpc_id.clone(),
-                })
-            })
-            .collect();
-        interfaces.sort_by_key(|i| i.device_number);
-        let md = Metadata {
-            instance_id: id.clone(),
-            instance_type: "m5.large".into(),
-            az: info.az.clone(),
-            region: REGION.into(),
-            account_id: "123456789012".into(),
-            private_ip: info.private_ip.clone().unwrap_or_default(),
-            mac: info.mac.clone().unwrap_or_default(),
-            interfaces,
-            access_key_id: l.scope.clone(),
-        };
-        *host.imds.metadata.write().unwrap() = md;
     }
     Ok(())
 }
@@ -772,11 +772,8 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
             .unwrap()
     };
     let sys = host_dir.join("sys/block").join(&node);
+    // The serial is written last: once it is visible, the device node is usable.
     std::fs::create_dir_all(sys.join("device"))?;
-    std::fs::write(
-        sys.join("device/serial"),
-        format!("{}\n", vol.id.replace('-', "")),
-    )?;
     std::fs::write(sys.join("device/model"), "Amazon Elastic Block Store\n")?;
     let sectors = vol.size * 1024 * 1024 * 1024 / 512;
     std::fs::write(sys.join("size"), format!("{sectors}\n"))?;
@@ -807,6 +804,10 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
         .with_context(|| format!("mknod {}", node_path.display()))?;
         loop_dev = Some(dev);
     }
+    std::fs::write(
+        sys.join("device/serial"),
+        format!("{}\n", vol.id.replace('-', "")),
+    )?;
     p.volumes.insert(
         vol.id.clone(),
         PluggedVolume {
