@@ -478,3 +478,230 @@ async fn a_zookeeper_ensemble_of_three_survives_losing_a_member() {
     drop(zk);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn eni_refusals_and_detaching_state() {
+    let world = World::create(testbed::shared(), &["a", "b"]).await.unwrap();
+    let ec2 = ec2(&world);
+    configure(
+        &world,
+        ScopeSettings {
+            detach_delay: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let a = world.launch("a", &[]).await.unwrap();
+    let (eni_b, _) = world.create_eni("b", &[]).await.unwrap();
+    let cross = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni_b)
+        .instance_id(&a)
+        .device_index(1)
+        .send()
+        .await;
+    assert_eq!(code(cross), "InvalidParameterCombination");
+
+    let (eni, _) = world.create_eni("a", &[]).await.unwrap();
+    let (other, _) = world.create_eni("a", &[]).await.unwrap();
+    let attachment = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&a)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap()
+        .attachment_id
+        .unwrap();
+    let taken = ec2
+        .attach_network_interface()
+        .network_interface_id(&other)
+        .instance_id(&a)
+        .device_index(1)
+        .send()
+        .await;
+    assert_eq!(code(taken), "InvalidParameterValue");
+
+    ec2.detach_network_interface()
+        .attachment_id(&attachment)
+        .send()
+        .await
+        .unwrap();
+    let status = |ec2: aws_sdk_ec2::Client, eni: String| async move {
+        let out = ec2
+            .describe_network_interfaces()
+            .network_interface_ids(eni)
+            .send()
+            .await
+            .unwrap();
+        let i = &out.network_interfaces()[0];
+        (
+            i.status().unwrap().as_str().to_string(),
+            i.attachment()
+                .and_then(|a| a.status())
+                .map(|s| s.as_str().to_string()),
+        )
+    };
+    assert_eq!(
+        status(ec2.clone(), eni.clone()).await,
+        ("in-use".to_string(), Some("detaching".to_string()))
+    );
+    let start = Instant::now();
+    while status(ec2.clone(), eni.clone()).await.0 != "available" {
+        assert!(start.elapsed() < Duration::from_secs(10), "never detached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn lifecycle_actions_are_recorded_once_per_instance() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let conf = testbed::shared().moto.sdk_config(&world.scope);
+    let asg = aws_sdk_autoscaling::Client::new(&conf);
+    let name = format!("{}-brokers", world.id);
+    let template = ec2(&world)
+        .create_launch_template()
+        .launch_template_name(&name)
+        .launch_template_data(
+            aws_sdk_ec2::types::RequestLaunchTemplateData::builder()
+                .image_id("ami-12c6146b")
+                .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .launch_template
+        .unwrap()
+        .launch_template_id
+        .unwrap();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .launch_template(
+            aws_sdk_autoscaling::types::LaunchTemplateSpecification::builder()
+                .launch_template_id(template)
+                .build(),
+        )
+        .min_size(1)
+        .max_size(1)
+        .desired_capacity(1)
+        .vpc_zone_identifier(&world.subnet("a").unwrap().id)
+        .send()
+        .await
+        .unwrap();
+    asg.put_lifecycle_hook()
+        .auto_scaling_group_name(&name)
+        .lifecycle_hook_name("boot")
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+        .send()
+        .await
+        .unwrap();
+    let groups = asg
+        .describe_auto_scaling_groups()
+        .auto_scaling_group_names(&name)
+        .send()
+        .await
+        .unwrap();
+    let instance = groups.auto_scaling_groups()[0].instances()[0]
+        .instance_id()
+        .unwrap()
+        .to_string();
+    // The ASG's instance is a host like any other.
+    world
+        .wait_until(Duration::from_secs(10), "the ASG instance's host", || {
+            world.host_links(&instance).is_ok()
+        })
+        .await
+        .unwrap();
+
+    asg.record_lifecycle_action_heartbeat()
+        .auto_scaling_group_name(&name)
+        .lifecycle_hook_name("boot")
+        .instance_id(&instance)
+        .send()
+        .await
+        .unwrap();
+    let complete = || {
+        asg.complete_lifecycle_action()
+            .auto_scaling_group_name(&name)
+            .lifecycle_hook_name("boot")
+            .instance_id(&instance)
+            .lifecycle_action_result("CONTINUE")
+            .send()
+    };
+    complete().await.unwrap();
+    let again = complete()
+        .await
+        .expect_err("the action is no longer active");
+    assert_eq!(again.code(), Some("ValidationError"));
+    let unknown_hook = asg
+        .complete_lifecycle_action()
+        .auto_scaling_group_name(&name)
+        .lifecycle_hook_name("nope")
+        .instance_id(&instance)
+        .lifecycle_action_result("CONTINUE")
+        .send()
+        .await
+        .expect_err("no such hook");
+    assert_eq!(unknown_hook.code(), Some("ValidationError"));
+
+    let recorded: Vec<_> = testbed::shared()
+        .moto
+        .lifecycle_actions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.auto_scaling_group == name)
+        .collect();
+    let kinds: Vec<(&str, Option<&str>)> = recorded
+        .iter()
+        .map(|a| (a.kind.as_str(), a.result.as_deref()))
+        .collect();
+    assert_eq!(kinds, [("heartbeat", None), ("complete", Some("CONTINUE"))]);
+    assert!(
+        recorded
+            .iter()
+            .all(|a| a.instance_id.as_deref() == Some(instance.as_str()))
+    );
+}
+
+#[test]
+fn a_failing_test_leaves_nothing_behind() {
+    let dir = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let seen = dir.clone();
+    let outcome = std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async move {
+                let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+                *seen.lock().unwrap() = Some(world.dir.clone());
+                let inst = world.launch("a", &[]).await.unwrap();
+                let vol = world.create_volume("a", 1, &[]).await.unwrap();
+                ec2(&world)
+                    .attach_volume()
+                    .volume_id(&vol)
+                    .instance_id(&inst)
+                    .device("/dev/xvdf")
+                    .send()
+                    .await
+                    .unwrap();
+                let dev = world.host_dir(&inst).join("dev/nvme1n1");
+                world
+                    .wait_until(Duration::from_secs(10), "the device", || dev.exists())
+                    .await
+                    .unwrap();
+                let mnt = world.host_dir(&inst).join("data");
+                std::fs::create_dir_all(&mnt).unwrap();
+                testbed::process::run("mkfs.xfs", &["-q", &dev.to_string_lossy()]).unwrap();
+                testbed::process::run("mount", &[&dev.to_string_lossy(), &mnt.to_string_lossy()])
+                    .unwrap();
+                panic!("deliberate failure while a world is up with a volume mounted");
+            })
+    })
+    .join();
+    assert!(outcome.is_err(), "the inner test was meant to fail");
+    let dir = dir.lock().unwrap().clone().expect("the world was created");
+    let left = testbed::cleanup::leftovers(&dir);
+    assert!(left.is_empty(), "left behind:\n{left}");
+}

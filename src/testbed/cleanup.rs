@@ -14,6 +14,8 @@ use super::{netns, root};
 #[derive(Debug, Default)]
 pub struct Leftovers {
     pub namespaces: Vec<String>,
+    /// Interfaces in the root namespace named like a testbed's temporary veth ends.
+    pub links: Vec<String>,
     pub loop_devices: Vec<String>,
     pub mounts: Vec<String>,
     pub processes: Vec<String>,
@@ -22,6 +24,7 @@ pub struct Leftovers {
 impl Leftovers {
     pub fn is_empty(&self) -> bool {
         self.namespaces.is_empty()
+            && self.links.is_empty()
             && self.loop_devices.is_empty()
             && self.mounts.is_empty()
             && self.processes.is_empty()
@@ -32,6 +35,7 @@ impl std::fmt::Display for Leftovers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (what, list) in [
             ("namespace", &self.namespaces),
+            ("link", &self.links),
             ("loop device", &self.loop_devices),
             ("mount", &self.mounts),
             ("process", &self.processes),
@@ -42,6 +46,18 @@ impl std::fmt::Display for Leftovers {
         }
         Ok(())
     }
+}
+
+/// Root-namespace interfaces whose names start with `prefix` (veth ends are made there under
+/// `<testbed id><n>a|b` before they move into their namespaces).
+fn links(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/class/net")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 /// Loop devices whose backing file lies under `dir`.
@@ -114,11 +130,15 @@ fn processes_naming(dir: &Path) -> Vec<(i32, String)> {
 /// What remains of the testbed `dir` (or of every testbed, for the root).
 pub fn leftovers(dir: &Path) -> Leftovers {
     let all = dir == root();
-    let prefix = if all {
-        String::new()
+    let id = if all {
+        "kt".to_string()
     } else {
-        format!("{}-", dir.file_name().unwrap_or_default().to_string_lossy())
+        dir.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
     };
+    let prefix = if all { String::new() } else { format!("{id}-") };
     let loops = loops_under(dir);
     let loop_ids: Vec<String> = loops.iter().filter_map(|d| majmin(d)).collect();
     Leftovers {
@@ -126,6 +146,7 @@ pub fn leftovers(dir: &Path) -> Leftovers {
             .into_iter()
             .filter(|n| !all || n.starts_with("kt"))
             .collect(),
+        links: links(&id),
         mounts: mounts()
             .into_iter()
             .filter(|(mm, target)| Path::new(target).starts_with(dir) || loop_ids.contains(mm))
@@ -156,6 +177,9 @@ pub fn sweep(dir: &Path) -> Result<()> {
     }
     for n in &left.namespaces {
         let _ = netns::delete(n);
+    }
+    for l in &left.links {
+        let _ = netns::ip(&["link", "delete", l]);
     }
     if dir != root() {
         let _ = std::fs::remove_dir_all(dir);
