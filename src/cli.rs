@@ -26,6 +26,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Claim this instance's broker id / myid (step 1); prints the claim.
+    Claim {
+        /// Say what would be claimed and why, writing nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print the claim as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
     Config {
         /// Also list the files read, in the order they apply.
@@ -37,6 +46,26 @@ pub enum Command {
 /// Runs the command; output goes to stdout, logs to stderr.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Claim { dry_run, json } => {
+            let settings = config::load(&cli.config)?;
+            let clients = crate::aws::Clients::from_env().await;
+            let me = crate::identity::Identity::from_imds().await?;
+            if dry_run {
+                let plan = crate::claim::dry_run(&settings, &clients, &me).await?;
+                println!("{plan}");
+                return Ok(());
+            }
+            let claim = crate::claim::run(&settings, &clients, &me).await?;
+            if json {
+                println!("{}", serde_json::to_string(&claim)?);
+            } else {
+                println!(
+                    "claimed id {} (epoch {}, {}) for {} in {}",
+                    claim.id, claim.epoch, claim.how, claim.instance_id, claim.az
+                );
+            }
+            Ok(())
+        }
         Command::Config { files } => {
             let settings = config::load(&cli.config)?;
             if files {

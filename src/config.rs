@@ -55,7 +55,72 @@ pub struct Settings {
     pub cluster: Cluster,
     pub boot: Boot,
     pub paths: Paths,
+    pub claim: ClaimSettings,
+    pub resources: Resources,
+    pub tags: Tags,
     pub zookeeper: Option<Zookeeper>,
+}
+
+/// Where ids are claimed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Backend {
+    Zookeeper,
+    CloudwatchLogs,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClaimSettings {
+    pub backend: Backend,
+    /// ZooKeeper backend: the znode under which claim records live (below the chroot).
+    pub path: String,
+    /// CloudWatch Logs backend: the log group whose streams are the claims.
+    pub log_group: String,
+}
+
+/// Which per-id resources the cluster keeps (and so which make an id eligible in an AZ).
+#[derive(Debug, Clone, Serialize)]
+pub struct Resources {
+    pub eni: bool,
+    pub volume: bool,
+}
+
+/// The tag contract shared by ENIs, volumes, instances and the CloudFormation template.
+#[derive(Debug, Clone, Serialize)]
+pub struct Tags {
+    /// Tag whose value is the cluster name ("" = resources are not tagged with the cluster).
+    pub cluster_key: String,
+    /// Tag whose value is the role ("" = not tagged with the role).
+    pub role_key: String,
+    /// Tag that carries the id, and the form of its value ({id} stands for the id).
+    pub id_key: String,
+    pub id_value: String,
+}
+
+impl Tags {
+    /// The id a tag value names, if it has the contract's form.
+    pub fn parse_id(&self, value: &str) -> Option<u32> {
+        let (pre, post) = self.id_value.split_once("{id}")?;
+        let digits = value.strip_prefix(pre)?.strip_suffix(post)?;
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok()
+    }
+
+    pub fn format_id(&self, id: u32) -> String {
+        self.id_value.replace("{id}", &id.to_string())
+    }
+}
+
+impl Cluster {
+    /// The ids of this cluster, lowest first: brokers 0..size-1, ZooKeeper myids 1..size.
+    pub fn ids(&self) -> std::ops::RangeInclusive<u32> {
+        match self.role {
+            Role::Kafka => 0..=self.size - 1,
+            Role::Zookeeper => 1..=self.size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +176,37 @@ struct Raw {
     boot: RawBoot,
     #[serde(default)]
     paths: RawPaths,
+    #[serde(default)]
+    claim: RawClaim,
+    #[serde(default)]
+    resources: RawResources,
+    #[serde(default)]
+    tags: RawTags,
     zookeeper: Option<RawZookeeper>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClaim {
+    backend: Option<Backend>,
+    path: Option<String>,
+    log_group: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    eni: Option<bool>,
+    volume: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTags {
+    cluster_key: Option<String>,
+    role_key: Option<String>,
+    id_key: Option<String>,
+    id_value: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -373,7 +468,78 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             })
         }
     };
+    let backend = raw.claim.backend.unwrap_or(Backend::Zookeeper);
+    if backend == Backend::Zookeeper && zookeeper.is_none() {
+        return Err(err(
+            "claim.backend",
+            "\"zookeeper\" needs a [zookeeper] table with `connect`".to_string(),
+        ));
+    }
+    let claim_path = raw
+        .claim
+        .path
+        .unwrap_or_else(|| format!("/kafka-agent/{name}/claims"));
+    if !claim_path.starts_with('/') || claim_path.ends_with('/') || claim_path.contains("//") {
+        return Err(err(
+            "claim.path",
+            format!("{claim_path:?} is not a ZooKeeper path; expected /a/b"),
+        ));
+    }
+    let log_group = raw
+        .claim
+        .log_group
+        .unwrap_or_else(|| format!("/kafka-agent/{name}"));
+    let group_ok = !log_group.is_empty()
+        && log_group.len() <= 512
+        && log_group
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-/.#".contains(c));
+    if !group_ok {
+        return Err(err(
+            "claim.log_group",
+            format!(
+                "{log_group:?} is not a log group name; expected 1 to 512 of A-Z a-z 0-9 _ - / . #"
+            ),
+        ));
+    }
+    let tags = Tags {
+        cluster_key: raw
+            .tags
+            .cluster_key
+            .unwrap_or_else(|| "kafka-agent:cluster".into()),
+        role_key: raw
+            .tags
+            .role_key
+            .unwrap_or_else(|| "kafka-agent:role".into()),
+        id_key: raw.tags.id_key.unwrap_or_else(|| "kafka-agent:id".into()),
+        id_value: raw.tags.id_value.unwrap_or_else(|| "{id}".into()),
+    };
+    if tags.id_key.is_empty() {
+        return Err(err(
+            "tags.id_key",
+            "is empty; expected a tag key".to_string(),
+        ));
+    }
+    if tags.id_value.matches("{id}").count() != 1 {
+        return Err(err(
+            "tags.id_value",
+            format!(
+                "{:?} must contain {{id}} exactly once, e.g. \"KAFKA-{{id}}\"",
+                tags.id_value
+            ),
+        ));
+    }
     Ok(Settings {
+        claim: ClaimSettings {
+            backend,
+            path: claim_path,
+            log_group,
+        },
+        resources: Resources {
+            eni: raw.resources.eni.unwrap_or(true),
+            volume: raw.resources.volume.unwrap_or(true),
+        },
+        tags,
         cluster: Cluster {
             name,
             role: raw.cluster.role,
@@ -427,7 +593,31 @@ mod tests {
         (PathBuf::from(name), text.to_string())
     }
 
-    const BASE: &str = "[cluster]\nname = \"orders\"\nrole = \"kafka\"\nsize = 3\n";
+    const BASE: &str = "[cluster]\nname = \"orders\"\nrole = \"kafka\"\nsize = 3\n\
+                        [claim]\nbackend = \"cloudwatch-logs\"\n";
+
+    #[test]
+    fn tag_contract_parses_the_seed_form() {
+        let mut s = parse(&[src("/etc/a.toml", BASE)]).unwrap();
+        assert_eq!(s.tags.parse_id("7"), Some(7));
+        s.tags.id_key = "Name".into();
+        s.tags.id_value = "KAFKA-{id}".into();
+        assert_eq!(s.tags.parse_id("KAFKA-12"), Some(12));
+        assert_eq!(s.tags.parse_id("KAFKA-"), None);
+        assert_eq!(s.tags.parse_id("KAFKA-1x"), None);
+        assert_eq!(s.tags.format_id(3), "KAFKA-3");
+        assert_eq!(s.cluster.ids(), 0..=2);
+    }
+
+    #[test]
+    fn zookeeper_backend_needs_a_connect_string() {
+        let e = parse(&[src(
+            "/etc/a.toml",
+            &BASE.replace("cloudwatch-logs", "zookeeper"),
+        )])
+        .unwrap_err();
+        assert!(e.message.contains("claim.backend"), "{e}");
+    }
 
     #[test]
     fn minimal_file_gets_defaults() {

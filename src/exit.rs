@@ -9,11 +9,37 @@ pub const USAGE: i32 = 2;
 /// The configuration is missing, malformed or invalid.
 pub const CONFIG: i32 = 3;
 
+/// No eligible id is free for this instance (`no_eligible_id`).
+pub const NO_ELIGIBLE_ID: i32 = 4;
+/// A service the step depends on stayed unreachable until the deadline
+/// (`coordination_unreachable`).
+pub const UNREACHABLE: i32 = 5;
+
 /// Maps an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<crate::config::ConfigError>()) {
-        CONFIG
-    } else {
-        FAILURE
+    use crate::claim::ClaimError;
+    for e in err.chain() {
+        if e.is::<crate::config::ConfigError>() {
+            return CONFIG;
+        }
+        match e.downcast_ref::<ClaimError>() {
+            Some(ClaimError::NoEligibleId { .. }) => return NO_ELIGIBLE_ID,
+            Some(ClaimError::Unreachable { .. }) => return UNREACHABLE,
+            None => {}
+        }
     }
+    FAILURE
+}
+
+/// The stable snake_case kind of a failure, for `status --json` and FAILURE reasons.
+pub fn kind_for(err: &anyhow::Error) -> &'static str {
+    for e in err.chain() {
+        if e.is::<crate::config::ConfigError>() {
+            return "invalid_config";
+        }
+        if let Some(c) = e.downcast_ref::<crate::claim::ClaimError>() {
+            return c.kind();
+        }
+    }
+    "failure"
 }

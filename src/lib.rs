@@ -14,9 +14,13 @@
 //! simulates the world the steps run in.
 
 pub mod aws;
+pub mod backoff;
+pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod identity;
+pub mod journal;
 
 #[cfg(feature = "testbed")]
 pub mod testbed;

@@ -21,7 +21,11 @@ async fn main() {
         .init();
     if let Err(err) = cli::run(cli).await {
         let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
-        eprintln!("kafka-agent: {}", chain.join(": "));
+        eprintln!(
+            "kafka-agent: {} [{}]",
+            chain.join(": "),
+            exit::kind_for(&err)
+        );
         std::process::exit(exit::code_for(&err));
     }
 }

@@ -170,17 +170,23 @@ impl World {
             )?;
             netns::ip_in(&self.vpc_ns, &["link", "set", &s.bridge, "up"])?;
         }
-        let handle = self.rt.as_ref().unwrap().handle().clone();
         let mut ports = vec![self.moto_port];
         ports.extend(&self.zk_ports);
         for port in ports {
-            let listener = netns::in_netns(&self.vpc_ns, move || {
-                std::net::TcpListener::bind(("0.0.0.0", port))
-            })?
-            .with_context(|| format!("binding the service proxy on port {port}"))?;
-            listener.set_nonblocking(true)?;
-            handle.spawn(proxy(listener, port));
+            self.expose(port)?;
         }
+        Ok(())
+    }
+
+    /// Makes a service on this machine's loopback `port` reachable from every host at its
+    /// subnet gateway, same port (moto and the shared ZooKeeper are exposed at creation).
+    pub fn expose(&self, port: u16) -> Result<()> {
+        let listener = netns::in_netns(&self.vpc_ns, move || {
+            std::net::TcpListener::bind(("0.0.0.0", port))
+        })?
+        .with_context(|| format!("binding the service proxy on port {port}"))?;
+        listener.set_nonblocking(true)?;
+        self.rt.as_ref().unwrap().spawn(proxy(listener, port));
         Ok(())
     }
 

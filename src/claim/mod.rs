@@ -1,0 +1,798 @@
+//! Step 1: claim the one id (broker id / myid) that is this instance's own.
+//!
+//! Observe (eligible ids from the tagged resources in this AZ, the claim records, live broker
+//! registrations, whether each record's owner still lives), plan (keep our own claim, else the
+//! lowest eligible id that is free or held by a dead owner), apply (an atomic create, or a
+//! fenced takeover that exactly one contender wins), and re-plan after a lost race.
+//!
+//! Two ledgers hold the claims: ZooKeeper (a znode per id, versioned writes) and CloudWatch
+//! Logs (a stream per id and epoch; the highest epoch owns the id).
+
+pub mod cloudwatch;
+pub mod zookeeper;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use aws_sdk_ec2::types::Filter;
+use serde::{Deserialize, Serialize};
+
+use crate::aws::Clients;
+use crate::backoff::Backoff;
+use crate::config::{Backend, Settings};
+use crate::identity::Identity;
+
+/// A claim record: who holds an id, since when, at which epoch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub owner: String,
+    pub az: String,
+    pub cluster: String,
+    pub epoch: u64,
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+}
+
+/// What a ledger holds for one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// The record, or None when the slot exists but holds no readable record (yet).
+    pub record: Option<Record>,
+    /// The fencing token a takeover must present (ZooKeeper: znode version; CWL: epoch).
+    pub version: i64,
+    pub epoch: u64,
+    /// How long the slot has existed, where the ledger knows.
+    pub age: Option<Duration>,
+}
+
+/// Whether a record's owner still runs, as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    Alive(String),
+    Dead(String),
+}
+
+/// Everything the plan depends on.
+#[derive(Debug, Clone)]
+pub struct Observation {
+    pub ids: Vec<u32>,
+    /// Why an id cannot be ours whatever its claim (resources elsewhere, none tagged).
+    pub ineligible: BTreeMap<u32, String>,
+    pub slots: BTreeMap<u32, Slot>,
+    /// Ids with a live broker registration (/brokers/ids).
+    pub registered: BTreeSet<u32>,
+    pub owners: BTreeMap<String, Liveness>,
+}
+
+/// What to do, as plain data (printed by `claim --dry-run`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Keep {
+        id: u32,
+        epoch: u64,
+    },
+    Create {
+        id: u32,
+    },
+    TakeOver {
+        id: u32,
+        from: Slot,
+        why: String,
+    },
+    /// Nothing free now, but something may free up (a registration lingering, a claim being
+    /// written): try again.
+    Wait {
+        why: String,
+    },
+    /// Nothing this instance can ever take as things stand.
+    Exhausted {
+        report: String,
+    },
+}
+
+/// A slot without a readable record older than this is abandoned (its writer died).
+pub const ABANDONED_AFTER: Duration = Duration::from_secs(120);
+
+/// Decides what to claim. Pure: the same observation gives the same plan.
+pub fn plan(obs: &Observation, me: &str) -> Plan {
+    // Our own claim survives reboots, and our own lingering registration does not block it.
+    for id in &obs.ids {
+        if let Some(Slot {
+            record: Some(r),
+            epoch,
+            ..
+        }) = obs.slots.get(id)
+            && r.owner == me
+        {
+            return Plan::Keep {
+                id: *id,
+                epoch: *epoch,
+            };
+        }
+    }
+    let mut waiting = Vec::new();
+    for id in &obs.ids {
+        if obs.ineligible.contains_key(id) {
+            continue;
+        }
+        let slot = obs.slots.get(id);
+        let reclaim = match slot {
+            None => None,
+            Some(s) => match &s.record {
+                Some(r) => match obs.owners.get(&r.owner) {
+                    Some(Liveness::Dead(state)) => Some(format!("owner {} is {state}", r.owner)),
+                    _ => continue,
+                },
+                None if s.age.is_some_and(|a| a >= ABANDONED_AFTER) => {
+                    Some("the claim was never completed".to_string())
+                }
+                None => {
+                    waiting.push(format!("{id}: a claim is being written"));
+                    continue;
+                }
+            },
+        };
+        if obs.registered.contains(id) {
+            waiting.push(format!(
+                "{id}: a broker is still registered in /brokers/ids"
+            ));
+            continue;
+        }
+        return match reclaim {
+            None => Plan::Create { id: *id },
+            Some(why) => Plan::TakeOver {
+                id: *id,
+                from: slot.cloned().unwrap(),
+                why,
+            },
+        };
+    }
+    if !waiting.is_empty() {
+        return Plan::Wait {
+            why: waiting.join("; "),
+        };
+    }
+    Plan::Exhausted {
+        report: report(obs),
+    }
+}
+
+/// Who holds what, id by id.
+pub fn report(obs: &Observation) -> String {
+    let mut out = String::new();
+    for id in &obs.ids {
+        let what = if let Some(why) = obs.ineligible.get(id) {
+            why.clone()
+        } else {
+            match obs.slots.get(id).and_then(|s| s.record.as_ref()) {
+                Some(r) => {
+                    let state = match obs.owners.get(&r.owner) {
+                        Some(Liveness::Alive(s)) | Some(Liveness::Dead(s)) => s.as_str(),
+                        None => "unknown",
+                    };
+                    format!("held by {} ({state})", r.owner)
+                }
+                None if obs.slots.contains_key(id) => "claim being written".into(),
+                None => "free".into(),
+            }
+        };
+        let _ = write!(
+            out,
+            "{}{id}: {what}",
+            if out.is_empty() { "" } else { "; " }
+        );
+    }
+    out
+}
+
+impl std::fmt::Display for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Plan::Keep { id, epoch } => write!(f, "keep id {id} (our own claim, epoch {epoch})"),
+            Plan::Create { id } => write!(f, "claim id {id}: the lowest eligible free id"),
+            Plan::TakeOver { id, why, from } => {
+                write!(f, "take over id {id} at epoch {}: {why}", from.epoch + 1)
+            }
+            Plan::Wait { why } => write!(f, "wait: {why}"),
+            Plan::Exhausted { report } => write!(f, "no eligible id: {report}"),
+        }
+    }
+}
+
+/// Claim failures a caller (and `status`, and the FAILURE reason) branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimError {
+    #[error("no eligible id for {instance} in {az}: {report}")]
+    NoEligibleId {
+        instance: String,
+        az: String,
+        report: String,
+    },
+    #[error("{service} unreachable until the boot deadline: {last}")]
+    Unreachable { service: String, last: String },
+}
+
+impl ClaimError {
+    /// Stable snake_case kind for `status --json` and FAILURE reasons.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClaimError::NoEligibleId { .. } => "no_eligible_id",
+            ClaimError::Unreachable { .. } => "coordination_unreachable",
+        }
+    }
+}
+
+/// A failure worth retrying until the deadline (the service is unreachable or throttling).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Transient(pub anyhow::Error);
+
+/// The outcome of the step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Claim {
+    pub id: u32,
+    pub epoch: u64,
+    pub backend: Backend,
+    /// kept | created | took_over
+    pub how: String,
+    pub instance_id: String,
+    pub az: String,
+}
+
+/// The ledger behind the claims.
+pub enum Ledger {
+    Zookeeper(zookeeper::ZkLedger),
+    CloudwatchLogs(cloudwatch::CwlLedger),
+}
+
+impl Ledger {
+    async fn open(settings: &Settings, clients: &Clients) -> Result<Ledger> {
+        Ok(match settings.claim.backend {
+            Backend::Zookeeper => Ledger::Zookeeper(zookeeper::ZkLedger::open(settings).await?),
+            Backend::CloudwatchLogs => {
+                Ledger::CloudwatchLogs(cloudwatch::CwlLedger::open(settings, clients).await?)
+            }
+        })
+    }
+
+    fn service(settings: &Settings) -> String {
+        match settings.claim.backend {
+            Backend::Zookeeper => format!(
+                "ZooKeeper ({})",
+                settings
+                    .zookeeper
+                    .as_ref()
+                    .map(|z| z.connect.as_str())
+                    .unwrap_or("")
+            ),
+            Backend::CloudwatchLogs => {
+                format!("CloudWatch Logs (log group {})", settings.claim.log_group)
+            }
+        }
+    }
+
+    async fn slots(&self) -> Result<BTreeMap<u32, Slot>> {
+        match self {
+            Ledger::Zookeeper(l) => l.slots().await,
+            Ledger::CloudwatchLogs(l) => l.slots().await,
+        }
+    }
+
+    async fn registered(&self) -> Result<BTreeSet<u32>> {
+        match self {
+            Ledger::Zookeeper(l) => l.registered().await,
+            Ledger::CloudwatchLogs(_) => Ok(BTreeSet::new()),
+        }
+    }
+
+    /// Creates the first claim on `id`; false if another contender was first.
+    async fn create(&self, id: u32, record: &Record) -> Result<bool> {
+        match self {
+            Ledger::Zookeeper(l) => l.create(id, record).await,
+            Ledger::CloudwatchLogs(l) => l.create(id, 0, record).await,
+        }
+    }
+
+    /// Replaces the claim in `from` by ours; false if another contender was first.
+    async fn take_over(&self, id: u32, from: &Slot, record: &Record) -> Result<bool> {
+        match self {
+            Ledger::Zookeeper(l) => l.take_over(id, from.version, record).await,
+            Ledger::CloudwatchLogs(l) => l.create(id, from.epoch + 1, record).await,
+        }
+    }
+}
+
+/// Observes the world for a plan.
+async fn observe(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    ledger: &Ledger,
+) -> Result<Observation> {
+    let ids: Vec<u32> = settings.cluster.ids().collect();
+    let ineligible = eligibility(settings, clients, me, &ids).await?;
+    let slots = ledger.slots().await?;
+    let registered = ledger.registered().await?;
+    let owners: BTreeSet<String> = slots
+        .values()
+        .filter_map(|s| s.record.as_ref().map(|r| r.owner.clone()))
+        .filter(|o| *o != me.instance_id)
+        .collect();
+    let owners = liveness(clients, &owners).await?;
+    Ok(Observation {
+        ids,
+        ineligible,
+        slots,
+        registered,
+        owners,
+    })
+}
+
+/// Ids whose tagged resources rule them out for this instance, with the reason.
+async fn eligibility(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    ids: &[u32],
+) -> Result<BTreeMap<u32, String>> {
+    let mut out = BTreeMap::new();
+    let res = &settings.resources;
+    if !res.eni && !res.volume {
+        return Ok(out);
+    }
+    let tags = &settings.tags;
+    let mut filters = Vec::new();
+    if !tags.cluster_key.is_empty() {
+        filters.push(tag_filter(&tags.cluster_key, &settings.cluster.name));
+    }
+    if !tags.role_key.is_empty() {
+        filters.push(tag_filter(
+            &tags.role_key,
+            &settings.cluster.role.to_string(),
+        ));
+    }
+    // id -> kind -> AZs
+    let mut found: BTreeMap<u32, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
+    if res.eni {
+        let mut pages = clients
+            .ec2
+            .describe_network_interfaces()
+            .set_filters(Some(filters.clone()))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, "describing the cluster's ENIs"))?;
+            for eni in page.network_interfaces() {
+                let id = eni
+                    .tag_set()
+                    .iter()
+                    .find(|t| t.key() == Some(tags.id_key.as_str()))
+                    .and_then(|t| tags.parse_id(t.value().unwrap_or("")));
+                if let (Some(id), Some(az)) = (id, eni.availability_zone()) {
+                    found
+                        .entry(id)
+                        .or_default()
+                        .entry("ENI")
+                        .or_default()
+                        .insert(az.to_string());
+                }
+            }
+        }
+    }
+    if res.volume {
+        let mut pages = clients
+            .ec2
+            .describe_volumes()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, "describing the cluster's volumes"))?;
+            for vol in page.volumes() {
+                let id = vol
+                    .tags()
+                    .iter()
+                    .find(|t| t.key() == Some(tags.id_key.as_str()))
+                    .and_then(|t| tags.parse_id(t.value().unwrap_or("")));
+                if let (Some(id), Some(az)) = (id, vol.availability_zone()) {
+                    found
+                        .entry(id)
+                        .or_default()
+                        .entry("volume")
+                        .or_default()
+                        .insert(az.to_string());
+                }
+            }
+        }
+    }
+    for id in ids {
+        let kinds = found.get(id);
+        let mut why = Vec::new();
+        for (kind, wanted) in [("ENI", res.eni), ("volume", res.volume)] {
+            if !wanted {
+                continue;
+            }
+            match kinds.and_then(|k| k.get(kind)) {
+                None => why.push(format!("no {kind} tagged")),
+                Some(azs) if azs.iter().any(|az| *az != me.az) => {
+                    let list: Vec<&str> = azs.iter().map(String::as_str).collect();
+                    why.push(format!("{kind} in {}", list.join(",")));
+                }
+                Some(_) => {}
+            }
+        }
+        if !why.is_empty() {
+            out.insert(*id, why.join(", "));
+        }
+    }
+    Ok(out)
+}
+
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
+}
+
+/// EC2's view of each owner: alive, or dead (terminated, shutting-down, gone).
+async fn liveness(
+    clients: &Clients,
+    owners: &BTreeSet<String>,
+) -> Result<BTreeMap<String, Liveness>> {
+    let mut out: BTreeMap<String, Liveness> = owners
+        .iter()
+        .map(|o| (o.clone(), Liveness::Dead("gone".into())))
+        .collect();
+    if owners.is_empty() {
+        return Ok(out);
+    }
+    let filter = Filter::builder()
+        .name("instance-id")
+        .set_values(Some(owners.iter().cloned().collect()))
+        .build();
+    let mut pages = clients
+        .ec2
+        .describe_instances()
+        .filters(filter)
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws_error(e, "describing the claims' owners"))?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
+            else {
+                continue;
+            };
+            let state = state.as_str().to_string();
+            let l = if state == "terminated" || state == "shutting-down" {
+                Liveness::Dead(state)
+            } else {
+                Liveness::Alive(state)
+            };
+            out.insert(id.to_string(), l);
+        }
+    }
+    Ok(out)
+}
+
+/// An AWS SDK error as an anyhow error, wrapped in [`Transient`] when retrying may help.
+pub fn aws_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>, doing: &str) -> anyhow::Error
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_ec2::error::SdkError;
+    let transient = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("");
+            code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+                || code == "InternalError"
+                || code == "ServiceUnavailable"
+                || code == "ServiceUnavailableException"
+                || code == "InternalFailure"
+        }
+        _ => false,
+    };
+    let detail = match &err {
+        SdkError::ServiceError(s) => format!(
+            "{}: {}",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or("")
+        ),
+        other => format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(other)
+        ),
+    };
+    let e = anyhow::anyhow!("{doing}: {detail}");
+    if transient { Transient(e).into() } else { e }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Transient>())
+}
+
+/// Observes and plans without writing anything.
+pub async fn dry_run(settings: &Settings, clients: &Clients, me: &Identity) -> Result<Plan> {
+    let deadline = Instant::now() + settings.boot.deadline;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
+    loop {
+        let attempt = async {
+            let ledger = Ledger::open(settings, clients).await?;
+            let obs = observe(settings, clients, me, &ledger).await?;
+            Ok::<_, anyhow::Error>(plan(&obs, &me.instance_id))
+        };
+        match attempt.await {
+            Ok(p) => return Ok(p),
+            Err(e) if is_transient(&e) => {
+                if !backoff.wait().await {
+                    return Err(unreachable(settings, e));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn unreachable(settings: &Settings, last: anyhow::Error) -> anyhow::Error {
+    ClaimError::Unreachable {
+        service: Ledger::service(settings),
+        last: format!("{last:#}"),
+    }
+    .into()
+}
+
+/// Runs the claim step to completion (or the boot deadline).
+pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Result<Claim> {
+    let deadline = Instant::now() + settings.boot.deadline;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
+    let mut ledger: Option<Ledger> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = async {
+            if ledger.is_none() {
+                ledger = Some(Ledger::open(settings, clients).await?);
+            }
+            let l = ledger.as_ref().unwrap();
+            let obs = observe(settings, clients, me, l).await?;
+            let p = plan(&obs, &me.instance_id);
+            tracing::debug!(plan = %p, "claim plan");
+            let record = |epoch| Record {
+                owner: me.instance_id.clone(),
+                az: me.az.clone(),
+                cluster: settings.cluster.name.clone(),
+                epoch,
+                time: now_secs(),
+            };
+            let claim = |id, epoch, how: &str| Claim {
+                id,
+                epoch,
+                backend: settings.claim.backend,
+                how: how.to_string(),
+                instance_id: me.instance_id.clone(),
+                az: me.az.clone(),
+            };
+            Ok::<_, anyhow::Error>(match p {
+                Plan::Keep { id, epoch } => Step::Done(claim(id, epoch, "kept")),
+                Plan::Create { id } => {
+                    if l.create(id, &record(0)).await? {
+                        Step::Done(claim(id, 0, "created"))
+                    } else {
+                        Step::Lost
+                    }
+                }
+                Plan::TakeOver { id, from, why } => {
+                    let epoch = from.epoch + 1;
+                    if l.take_over(id, &from, &record(epoch)).await? {
+                        tracing::info!(id, epoch, reason = %why, "took over a dead owner's id");
+                        Step::Done(claim(id, epoch, "took_over"))
+                    } else {
+                        Step::Lost
+                    }
+                }
+                Plan::Wait { why } => Step::Wait(why),
+                Plan::Exhausted { report } => Step::Exhausted(report),
+            })
+        };
+        // No single attempt (a connect to a dead ensemble, say) may outlive the deadline.
+        let result = match tokio::time::timeout(remaining, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(Transient(anyhow::anyhow!("no answer before the boot deadline")).into()),
+        };
+        match result {
+            Ok(Step::Done(c)) => {
+                tag_instance(settings, clients, me, c.id).await;
+                journal(settings, &c)?;
+                tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
+                return Ok(c);
+            }
+            Ok(Step::Lost) => {
+                // Another contender won that id: look again at once (with a little jitter).
+                tokio::time::sleep(Duration::from_millis(rand::random_range(0..20))).await;
+            }
+            Ok(Step::Wait(why)) => {
+                tracing::info!(reason = %why, "no id free yet; waiting");
+                if !backoff.wait().await {
+                    return Err(ClaimError::NoEligibleId {
+                        instance: me.instance_id.clone(),
+                        az: me.az.clone(),
+                        report: format!("still waiting at the boot deadline: {why}"),
+                    }
+                    .into());
+                }
+            }
+            Ok(Step::Exhausted(report)) => {
+                return Err(ClaimError::NoEligibleId {
+                    instance: me.instance_id.clone(),
+                    az: me.az.clone(),
+                    report,
+                }
+                .into());
+            }
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), "claim attempt failed; retrying");
+                ledger = None;
+                if !backoff.wait().await {
+                    return Err(unreachable(settings, e));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+enum Step {
+    Done(Claim),
+    Lost,
+    Wait(String),
+    Exhausted(String),
+}
+
+async fn tag_instance(settings: &Settings, clients: &Clients, me: &Identity, id: u32) {
+    let tag = aws_sdk_ec2::types::Tag::builder()
+        .key(&settings.tags.id_key)
+        .value(settings.tags.format_id(id))
+        .build();
+    if let Err(e) = clients
+        .ec2
+        .create_tags()
+        .resources(&me.instance_id)
+        .tags(tag)
+        .send()
+        .await
+    {
+        tracing::warn!(
+            error = %aws_error(e, "tagging the instance with its id"),
+            "the claim holds, but the instance tag is missing"
+        );
+    }
+}
+
+fn journal(settings: &Settings, claim: &Claim) -> Result<()> {
+    let path = settings.paths.state_dir.join("claim.json");
+    let mut body = serde_json::to_vec_pretty(claim)?;
+    body.push(b'\n');
+    crate::journal::write_atomic(&path, &body)
+        .with_context(|| format!("journalling the claim to {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(owner: &str) -> Record {
+        Record {
+            owner: owner.into(),
+            az: "us-east-1a".into(),
+            cluster: "c".into(),
+            epoch: 0,
+            time: 0,
+        }
+    }
+
+    fn slot(owner: &str) -> Slot {
+        Slot {
+            record: Some(rec(owner)),
+            version: 0,
+            epoch: 0,
+            age: None,
+        }
+    }
+
+    fn obs(n: u32) -> Observation {
+        Observation {
+            ids: (0..n).collect(),
+            ineligible: BTreeMap::new(),
+            slots: BTreeMap::new(),
+            registered: BTreeSet::new(),
+            owners: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn lowest_free_id_first() {
+        let mut o = obs(3);
+        o.slots.insert(0, slot("i-a"));
+        o.owners
+            .insert("i-a".into(), Liveness::Alive("running".into()));
+        assert_eq!(plan(&o, "i-me"), Plan::Create { id: 1 });
+    }
+
+    #[test]
+    fn own_claim_is_kept_even_when_registered() {
+        let mut o = obs(3);
+        o.slots.insert(0, slot("i-a"));
+        o.slots.insert(2, slot("i-me"));
+        o.registered.insert(2);
+        assert_eq!(plan(&o, "i-me"), Plan::Keep { id: 2, epoch: 0 });
+    }
+
+    #[test]
+    fn dead_owner_is_taken_over_live_one_never() {
+        let mut o = obs(2);
+        o.slots.insert(0, slot("i-a"));
+        o.slots.insert(1, slot("i-b"));
+        o.owners
+            .insert("i-a".into(), Liveness::Alive("stopped".into()));
+        o.owners
+            .insert("i-b".into(), Liveness::Dead("terminated".into()));
+        match plan(&o, "i-me") {
+            Plan::TakeOver { id: 1, .. } => {}
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn registered_ids_are_never_taken_but_waited_for() {
+        let mut o = obs(1);
+        o.registered.insert(0);
+        assert!(matches!(plan(&o, "i-me"), Plan::Wait { .. }));
+    }
+
+    #[test]
+    fn ineligible_ids_are_skipped_and_reported() {
+        let mut o = obs(2);
+        o.ineligible.insert(0, "ENI in us-east-1a".into());
+        o.slots.insert(1, slot("i-a"));
+        o.owners
+            .insert("i-a".into(), Liveness::Alive("running".into()));
+        match plan(&o, "i-me") {
+            Plan::Exhausted { report } => {
+                assert_eq!(report, "0: ENI in us-east-1a; 1: held by i-a (running)")
+            }
+            p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn unfinished_claims_block_until_abandoned() {
+        let mut o = obs(1);
+        o.slots.insert(
+            0,
+            Slot {
+                record: None,
+                version: 0,
+                epoch: 3,
+                age: Some(Duration::from_secs(5)),
+            },
+        );
+        assert!(matches!(plan(&o, "i-me"), Plan::Wait { .. }));
+        o.slots.get_mut(&0).unwrap().age = Some(ABANDONED_AFTER);
+        assert!(matches!(plan(&o, "i-me"), Plan::TakeOver { id: 0, .. }));
+    }
+}
