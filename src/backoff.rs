@@ -36,14 +36,14 @@ impl Backoff {
         Some(pause)
     }
 
-    /// Sleeps for the next pause; false when the deadline has come.
+    /// Sleeps for the next pause; false when the deadline has come (then or before).
     pub async fn wait(&mut self) -> bool {
         match self.next_pause() {
-            Some(p) if !p.is_zero() => {
+            Some(p) => {
                 tokio::time::sleep(p).await;
-                true
+                Instant::now() < self.deadline
             }
-            _ => false,
+            None => false,
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::config::Settings;
 pub struct CwlLedger {
     logs: aws_sdk_cloudwatchlogs::Client,
     group: String,
+    /// Owner records already read, by stream: a stream's first event never changes.
+    owners: std::sync::Mutex<std::collections::HashMap<String, Record>>,
 }
 
 /// Parses `id-<id>.epoch-<epoch>`.
@@ -47,10 +49,12 @@ impl CwlLedger {
         Ok(CwlLedger {
             logs: clients.logs.clone(),
             group,
+            owners: Default::default(),
         })
     }
 
-    pub async fn slots(&self) -> Result<BTreeMap<u32, Slot>> {
+    /// The highest epoch of every id; its owner record is read where `read(id)`.
+    pub async fn slots(&self, read: &(dyn Fn(u32) -> bool + Sync)) -> Result<BTreeMap<u32, Slot>> {
         // Highest epoch per id, with its creation time.
         let mut top: BTreeMap<u32, (u64, String, Option<i64>)> = BTreeMap::new();
         let mut pages = self
@@ -81,6 +85,19 @@ impl CwlLedger {
             .unwrap_or(0);
         let mut out = BTreeMap::new();
         for (id, (epoch, name, created)) in top {
+            let cached = self.owners.lock().unwrap().get(&name).cloned();
+            if cached.is_some() || !read(id) {
+                out.insert(
+                    id,
+                    Slot {
+                        record: cached,
+                        version: epoch as i64,
+                        epoch,
+                        age: None,
+                    },
+                );
+                continue;
+            }
             let events = self
                 .logs
                 .get_log_events()
@@ -96,6 +113,9 @@ impl CwlLedger {
                 .first()
                 .and_then(|e| e.message())
                 .and_then(|m| serde_json::from_str::<Record>(m).ok());
+            if let Some(r) = &record {
+                self.owners.lock().unwrap().insert(name.clone(), r.clone());
+            }
             out.insert(
                 id,
                 Slot {

@@ -63,6 +63,8 @@ pub struct Observation {
     pub slots: BTreeMap<u32, Slot>,
     /// Ids with a live broker registration (/brokers/ids).
     pub registered: BTreeSet<u32>,
+    /// Ids first claimed while this boot was contending: held by a live contender.
+    pub contended: BTreeSet<u32>,
     pub owners: BTreeMap<String, Liveness>,
 }
 
@@ -95,8 +97,16 @@ pub enum Plan {
 /// A slot without a readable record older than this is abandoned (its writer died).
 pub const ABANDONED_AFTER: Duration = Duration::from_secs(120);
 
-/// Decides what to claim. Pure: the same observation gives the same plan.
+/// Decides what to claim: our own claim, else the lowest eligible id that is free or held by
+/// a dead owner. Pure: the same observation gives the same plan.
 pub fn plan(obs: &Observation, me: &str) -> Plan {
+    plan_with(obs, me, |_| 0)
+}
+
+/// Like [`plan`], but `pick(n)` chooses among the n actionable ids, lowest first. After a lost
+/// race the agent spreads its next try over the lowest few, so a herd of agents booting
+/// together does not fight over one id at a time.
+pub fn plan_with(obs: &Observation, me: &str, pick: impl FnOnce(usize) -> usize) -> Plan {
     // Our own claim survives reboots, and our own lingering registration does not block it.
     for id in &obs.ids {
         if let Some(Slot {
@@ -113,8 +123,9 @@ pub fn plan(obs: &Observation, me: &str) -> Plan {
         }
     }
     let mut waiting = Vec::new();
+    let mut actionable = Vec::new();
     for id in &obs.ids {
-        if obs.ineligible.contains_key(id) {
+        if obs.ineligible.contains_key(id) || obs.contended.contains(id) {
             continue;
         }
         let slot = obs.slots.get(id);
@@ -140,14 +151,18 @@ pub fn plan(obs: &Observation, me: &str) -> Plan {
             ));
             continue;
         }
-        return match reclaim {
+        actionable.push(match reclaim {
             None => Plan::Create { id: *id },
             Some(why) => Plan::TakeOver {
                 id: *id,
                 from: slot.cloned().unwrap(),
                 why,
             },
-        };
+        });
+    }
+    if !actionable.is_empty() {
+        let i = pick(actionable.len()).min(actionable.len() - 1);
+        return actionable.swap_remove(i);
     }
     if !waiting.is_empty() {
         return Plan::Wait {
@@ -165,6 +180,8 @@ pub fn report(obs: &Observation) -> String {
     for id in &obs.ids {
         let what = if let Some(why) = obs.ineligible.get(id) {
             why.clone()
+        } else if obs.contended.contains(id) {
+            "claimed by another instance booting now".to_string()
         } else {
             match obs.slots.get(id).and_then(|s| s.record.as_ref()) {
                 Some(r) => {
@@ -273,10 +290,11 @@ impl Ledger {
         }
     }
 
-    async fn slots(&self) -> Result<BTreeMap<u32, Slot>> {
+    /// The slots; owners are read only where `read(id)` (a ledger may skip the others).
+    async fn slots(&self, read: &(dyn Fn(u32) -> bool + Sync)) -> Result<BTreeMap<u32, Slot>> {
         match self {
             Ledger::Zookeeper(l) => l.slots().await,
-            Ledger::CloudwatchLogs(l) => l.slots().await,
+            Ledger::CloudwatchLogs(l) => l.slots(read).await,
         }
     }
 
@@ -304,28 +322,67 @@ impl Ledger {
     }
 }
 
+/// What one boot remembers between its attempts.
+#[derive(Default)]
+struct Memory {
+    /// Ids that had a slot when this boot first looked; later ones are contenders' claims.
+    initial: Option<BTreeSet<u32>>,
+    /// Owners' liveness already asked of EC2.
+    known: BTreeMap<String, Liveness>,
+    /// The eligibility found at the first look (tags do not change during a boot).
+    ineligible: Option<BTreeMap<u32, String>>,
+}
+
 /// Observes the world for a plan.
 async fn observe(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
     ledger: &Ledger,
+    memory: &mut Memory,
 ) -> Result<Observation> {
     let ids: Vec<u32> = settings.cluster.ids().collect();
-    let ineligible = eligibility(settings, clients, me, &ids).await?;
-    let slots = ledger.slots().await?;
+    let ineligible = match &memory.ineligible {
+        Some(i) => i.clone(),
+        None => eligibility(settings, clients, me, &ids).await?,
+    };
+    let initial = memory.initial.clone();
+    let is_initial = move |id: u32| initial.as_ref().is_none_or(|i| i.contains(&id));
+    let slots = ledger.slots(&is_initial).await?;
     let registered = ledger.registered().await?;
+    let contended: BTreeSet<u32> = slots
+        .keys()
+        .copied()
+        .filter(|id| !is_initial(*id))
+        .collect();
     let owners: BTreeSet<String> = slots
-        .values()
-        .filter_map(|s| s.record.as_ref().map(|r| r.owner.clone()))
+        .iter()
+        .filter(|(id, _)| !contended.contains(id))
+        .filter_map(|(_, s)| s.record.as_ref().map(|r| r.owner.clone()))
         .filter(|o| *o != me.instance_id)
         .collect();
-    let owners = liveness(clients, &owners).await?;
+    if memory.initial.is_none() {
+        memory.initial = Some(slots.keys().copied().collect());
+        memory.ineligible = Some(ineligible.clone());
+    }
+    let known = &mut memory.known;
+    // Ask EC2 only about owners not seen yet in this run.
+    let unknown: BTreeSet<String> = owners
+        .iter()
+        .filter(|o| !known.contains_key(*o))
+        .cloned()
+        .collect();
+    known.extend(liveness(clients, &unknown).await?);
+    let owners = owners
+        .into_iter()
+        .filter_map(|o| known.get(&o).map(|l| (o, l.clone())))
+        .collect();
     Ok(Observation {
         ids,
         ineligible,
         slots,
         registered,
+        contended,
         owners,
     })
 }
@@ -533,7 +590,7 @@ pub async fn dry_run(settings: &Settings, clients: &Clients, me: &Identity) -> R
     loop {
         let attempt = async {
             let ledger = Ledger::open(settings, clients).await?;
-            let obs = observe(settings, clients, me, &ledger).await?;
+            let obs = observe(settings, clients, me, &ledger, &mut Memory::default()).await?;
             Ok::<_, anyhow::Error>(plan(&obs, &me.instance_id))
         };
         match attempt.await {
@@ -561,6 +618,8 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
     let deadline = Instant::now() + settings.boot.deadline;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     let mut ledger: Option<Ledger> = None;
+    let mut memory = Memory::default();
+    let mut losses = 0u32;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = async {
@@ -568,8 +627,11 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                 ledger = Some(Ledger::open(settings, clients).await?);
             }
             let l = ledger.as_ref().unwrap();
-            let obs = observe(settings, clients, me, l).await?;
-            let p = plan(&obs, &me.instance_id);
+            let obs = observe(settings, clients, me, l, &mut memory).await?;
+            let spread = 1usize << losses.min(10);
+            let p = plan_with(&obs, &me.instance_id, |n| {
+                rand::random_range(0..n.min(spread))
+            });
             tracing::debug!(plan = %p, "claim plan");
             let record = |epoch| Record {
                 owner: me.instance_id.clone(),
@@ -621,11 +683,12 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                 return Ok(c);
             }
             Ok(Step::Lost) => {
-                // Another contender won that id: look again at once (with a little jitter).
-                tokio::time::sleep(Duration::from_millis(rand::random_range(0..20))).await;
+                // Another contender won that id: look again at once, spreading wider.
+                losses += 1;
             }
             Ok(Step::Wait(why)) => {
                 tracing::info!(reason = %why, "no id free yet; waiting");
+                memory = Memory::default();
                 if !backoff.wait().await {
                     return Err(ClaimError::NoEligibleId {
                         instance: me.instance_id.clone(),
@@ -646,6 +709,7 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
             Err(e) if is_transient(&e) => {
                 tracing::warn!(error = %format!("{e:#}"), "claim attempt failed; retrying");
                 ledger = None;
+                memory = Memory::default();
                 if !backoff.wait().await {
                     return Err(unreachable(settings, e));
                 }
@@ -720,8 +784,19 @@ mod tests {
             ineligible: BTreeMap::new(),
             slots: BTreeMap::new(),
             registered: BTreeSet::new(),
+            contended: BTreeSet::new(),
             owners: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn spreading_picks_among_actionable_ids_only() {
+        let mut o = obs(4);
+        o.slots.insert(1, slot("i-a"));
+        o.owners
+            .insert("i-a".into(), Liveness::Alive("running".into()));
+        assert_eq!(plan_with(&o, "i-me", |n| n - 1), Plan::Create { id: 3 });
+        assert_eq!(plan_with(&o, "i-me", |_| 1), Plan::Create { id: 2 });
     }
 
     #[test]

@@ -1,0 +1,466 @@
+//! Step 1, claim: on the testbed, with both ledgers. Needs root.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use kafka_agent::claim::{Record, cloudwatch::stream_name};
+use kafka_agent::testbed::{self, World, zookeeper::Ensemble};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Backend {
+    Zk,
+    Cwl,
+}
+
+/// One cluster's agent configuration on a world.
+#[derive(Clone)]
+struct Cluster {
+    name: String,
+    backend: Backend,
+    size: u32,
+    resources: bool,
+    deadline: u32,
+    /// ZooKeeper client ports on this machine (the world exposes them).
+    zk_ports: Vec<u16>,
+}
+
+impl Cluster {
+    fn new(world: &World, backend: Backend, size: u32, resources: bool) -> Cluster {
+        Cluster {
+            name: format!("{}-{}", world.id, rand::random::<u16>()),
+            backend,
+            size,
+            resources,
+            deadline: 60,
+            zk_ports: testbed::shared().zookeeper.client_ports(),
+        }
+    }
+
+    fn chroot(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    /// Writes the agent's config on the host and returns its path.
+    fn config_for(&self, world: &World, inst: &str) -> PathBuf {
+        let host = world.host_dir(inst);
+        let gw = world
+            .aws_endpoint_for(inst)
+            .unwrap()
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
+        let connect: Vec<String> = self.zk_ports.iter().map(|p| format!("{gw}:{p}")).collect();
+        let text = format!(
+            "[cluster]\nname = \"{name}\"\nrole = \"kafka\"\nsize = {size}\n\n\
+             [boot]\ndeadline_seconds = {deadline}\n\n\
+             [paths]\nstate_dir = \"{state}\"\n\n\
+             [claim]\nbackend = \"{backend}\"\n\n\
+             [resources]\neni = {r}\nvolume = {r}\n\n\
+             [zookeeper]\nconnect = \"{connect}{chroot}\"\n",
+            name = self.name,
+            size = self.size,
+            deadline = self.deadline,
+            state = host.join("var/lib/kafka-agent").display(),
+            backend = match self.backend {
+                Backend::Zk => "zookeeper",
+                Backend::Cwl => "cloudwatch-logs",
+            },
+            r = self.resources,
+            connect = connect.join(","),
+            chroot = self.chroot(),
+        );
+        let path = host.join("etc/kafka-agent/agent.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn command(&self, world: &World, inst: &str, args: &[&str]) -> tokio::process::Command {
+        let config = self.config_for(world, inst);
+        let mut cmd = world
+            .command(inst, env!("CARGO_BIN_EXE_kafka-agent"))
+            .unwrap();
+        cmd.arg("--config").arg(config).args(args);
+        tokio::process::Command::from(cmd)
+    }
+
+    /// Runs `kafka-agent claim --json`; Ok(id, how) or Err(exit code, stderr).
+    async fn claim(&self, world: &World, inst: &str) -> Result<(u32, String), (i32, String)> {
+        let out = self
+            .command(world, inst, &["claim", "--json"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err((out.status.code().unwrap_or(-1), stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("claim printed no JSON ({e}): {stderr}"));
+        Ok((
+            v["id"].as_u64().unwrap() as u32,
+            v["how"].as_str().unwrap().to_string(),
+        ))
+    }
+
+    /// Tags an ENI and a volume for `id` in the AZ.
+    async fn resources_for(&self, world: &World, id: u32, az: &str) {
+        let id = id.to_string();
+        let tags = [
+            ("kafka-agent:cluster", self.name.as_str()),
+            ("kafka-agent:role", "kafka"),
+            ("kafka-agent:id", id.as_str()),
+        ];
+        world.create_eni(az, &tags).await.unwrap();
+        world.create_volume(az, 1, &tags).await.unwrap();
+    }
+
+    /// A ZooKeeper session on this machine, chrooted to the cluster.
+    async fn zk(&self) -> zookeeper_client::Client {
+        let hosts: Vec<String> = self
+            .zk_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let root = zookeeper_client::Client::connect(&hosts.join(","))
+            .await
+            .unwrap();
+        root.mkdir(&self.chroot(), &persistent()).await.unwrap();
+        zookeeper_client::Client::connect(&format!("{}{}", hosts.join(","), self.chroot()))
+            .await
+            .unwrap()
+    }
+
+    /// Writes a claim record for `id` owned by `owner`, as an earlier agent would have.
+    async fn seed(&self, id: u32, owner: &str) {
+        let record = Record {
+            owner: owner.into(),
+            az: "us-east-1a".into(),
+            cluster: self.name.clone(),
+            epoch: 0,
+            time: 0,
+        };
+        let body = serde_json::to_string(&record).unwrap();
+        match self.backend {
+            Backend::Zk => {
+                let zk = self.zk().await;
+                let path = format!("/kafka-agent/{}/claims", self.name);
+                zk.mkdir(&path, &persistent()).await.unwrap();
+                zk.create(&format!("{path}/{id}"), body.as_bytes(), &persistent())
+                    .await
+                    .unwrap();
+            }
+            Backend::Cwl => {
+                let logs =
+                    aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+                let group = format!("/kafka-agent/{}", self.name);
+                let _ = logs.create_log_group().log_group_name(&group).send().await;
+                let stream = stream_name(id, 0);
+                logs.create_log_stream()
+                    .log_group_name(&group)
+                    .log_stream_name(&stream)
+                    .send()
+                    .await
+                    .unwrap();
+                logs.put_log_events()
+                    .log_group_name(&group)
+                    .log_stream_name(&stream)
+                    .log_events(
+                        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                            .timestamp(now_ms())
+                            .message(body)
+                            .build()
+                            .unwrap(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn persistent() -> zookeeper_client::CreateOptions<'static> {
+    zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all())
+}
+
+async fn replacement_and_reboot(backend: Backend) {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, backend, 3, true);
+    for id in 0..3 {
+        cluster.resources_for(&world, id, "a").await;
+    }
+    let mut holders = Vec::new();
+    for expected in 0..3 {
+        let inst = world.launch("a", &[]).await.unwrap();
+        assert_eq!(
+            cluster.claim(&world, &inst).await.unwrap(),
+            (expected, "created".to_string())
+        );
+        holders.push(inst);
+    }
+    // The instance carries its id as a tag.
+    let tags = world
+        .ec2
+        .describe_tags()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("resource-id")
+                .values(&holders[1])
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        tags.tags()
+            .iter()
+            .any(|t| t.key() == Some("kafka-agent:id") && t.value() == Some("1")),
+        "{tags:?}"
+    );
+
+    world.terminate(&holders[1]).await.unwrap();
+    let fresh = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &fresh).await.unwrap(),
+        (1, "took_over".to_string())
+    );
+
+    world.reboot(&holders[2]).await.unwrap();
+    let _lingering = if backend == Backend::Zk {
+        // The broker's registration from before the reboot is still there (its session has
+        // not expired yet): it must not lock the broker out of its own id.
+        let zk = cluster.zk().await;
+        zk.mkdir("/brokers/ids", &persistent()).await.unwrap();
+        zk.create(
+            "/brokers/ids/2",
+            b"{}",
+            &zookeeper_client::CreateMode::Ephemeral
+                .with_acls(zookeeper_client::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+        Some(zk)
+    } else {
+        None
+    };
+    assert_eq!(
+        cluster.claim(&world, &holders[2]).await.unwrap(),
+        (2, "kept".to_string())
+    );
+    // The journal says what was done.
+    let journal = std::fs::read_to_string(
+        world
+            .host_dir(&holders[2])
+            .join("var/lib/kafka-agent/claim.json"),
+    )
+    .unwrap();
+    assert!(journal.contains("\"id\": 2"), "{journal}");
+}
+
+#[tokio::test]
+async fn replacement_takes_over_and_reboot_keeps_id_zookeeper() {
+    replacement_and_reboot(Backend::Zk).await;
+}
+
+#[tokio::test]
+async fn replacement_takes_over_and_reboot_keeps_id_cloudwatch_logs() {
+    replacement_and_reboot(Backend::Cwl).await;
+}
+
+async fn many_at_once(backend: Backend, agents: usize, rounds: usize) {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut instances = Vec::new();
+    for _ in 0..agents {
+        instances.push(world.launch("a", &[]).await.unwrap());
+    }
+    for round in 0..rounds {
+        let cluster = Cluster::new(&world, backend, agents as u32, false);
+        let runs = instances.iter().map(|i| cluster.claim(&world, i));
+        let results = futures::future::join_all(runs).await;
+        let ids: Vec<u32> = results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|e| panic!("round {round}: {e:?}")).0)
+            .collect();
+        let distinct: BTreeSet<u32> = ids.iter().copied().collect();
+        assert_eq!(
+            distinct.len(),
+            agents,
+            "round {round}: duplicate ids {ids:?}"
+        );
+        assert_eq!(distinct, (0..agents as u32).collect(), "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn thirty_two_agents_at_once_hold_distinct_ids_zookeeper() {
+    many_at_once(Backend::Zk, 32, 20).await;
+}
+
+#[tokio::test]
+async fn thirty_two_agents_at_once_hold_distinct_ids_cloudwatch_logs() {
+    many_at_once(Backend::Cwl, 32, 20).await;
+}
+
+async fn two_contenders(backend: Backend, rounds: usize) {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let dead = world.launch("a", &[]).await.unwrap();
+    world.terminate(&dead).await.unwrap();
+    let a = world.launch("a", &[]).await.unwrap();
+    let b = world.launch("a", &[]).await.unwrap();
+    for round in 0..rounds {
+        let cluster = Cluster::new(&world, backend, 1, false);
+        cluster.seed(0, &dead).await;
+        let (ra, rb) = tokio::join!(cluster.claim(&world, &a), cluster.claim(&world, &b));
+        let won = [&ra, &rb].into_iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {ra:?} / {rb:?}");
+        let (ok, lost) = if ra.is_ok() { (&ra, &rb) } else { (&rb, &ra) };
+        assert_eq!(ok.as_ref().unwrap(), &(0, "took_over".to_string()));
+        let (code, stderr) = lost.as_ref().unwrap_err();
+        assert_eq!(*code, 4, "{stderr}");
+        assert!(stderr.contains("no_eligible_id"), "{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn two_contenders_for_a_dead_owners_id_exactly_one_wins_zookeeper() {
+    two_contenders(Backend::Zk, 50).await;
+}
+
+#[tokio::test]
+async fn two_contenders_for_a_dead_owners_id_exactly_one_wins_cloudwatch_logs() {
+    two_contenders(Backend::Cwl, 50).await;
+}
+
+async fn az_aware(backend: Backend) {
+    let world = World::create(testbed::shared(), &["a", "b"]).await.unwrap();
+    let cluster = Cluster::new(&world, backend, 3, true);
+    cluster.resources_for(&world, 0, "a").await;
+    cluster.resources_for(&world, 1, "a").await;
+    cluster.resources_for(&world, 2, "b").await;
+    let b1 = world.launch("b", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &b1).await.unwrap(),
+        (2, "created".to_string())
+    );
+    let b2 = world.launch("b", &[]).await.unwrap();
+    let dry = cluster
+        .command(&world, &b2, &["claim", "--dry-run"])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&dry.stdout);
+    assert!(said.starts_with("no eligible id"), "{said}");
+    let (code, stderr) = cluster.claim(&world, &b2).await.unwrap_err();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("0: ENI in us-east-1a"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("2: held by {b1} (running)")),
+        "{stderr}"
+    );
+    // And an instance in AZ a gets an id of AZ a.
+    let a1 = world.launch("a", &[]).await.unwrap();
+    assert_eq!(cluster.claim(&world, &a1).await.unwrap().0, 0);
+}
+
+#[tokio::test]
+async fn ids_are_claimed_only_in_their_resources_az_zookeeper() {
+    az_aware(Backend::Zk).await;
+}
+
+#[tokio::test]
+async fn ids_are_claimed_only_in_their_resources_az_cloudwatch_logs() {
+    az_aware(Backend::Cwl).await;
+}
+
+#[tokio::test]
+async fn dry_run_says_what_it_would_claim_and_writes_nothing() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 2, false);
+    let inst = world.launch("a", &[]).await.unwrap();
+    let out = cluster
+        .command(&world, &inst, &["claim", "--dry-run"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "claim id 0: the lowest eligible free id"
+    );
+    assert!(
+        !world
+            .host_dir(&inst)
+            .join("var/lib/kafka-agent/claim.json")
+            .exists()
+    );
+    // Nothing was claimed: a real run still gets id 0 by creating it.
+    assert_eq!(
+        cluster.claim(&world, &inst).await.unwrap(),
+        (0, "created".to_string())
+    );
+}
+
+#[tokio::test]
+async fn zookeeper_down_at_boot_then_back_and_down_past_the_deadline() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let (_, dir) = testbed::new_dir("kz").unwrap();
+    let mut zk = Ensemble::start(&dir, 1).unwrap();
+    for p in zk.client_ports() {
+        world.expose(p).unwrap();
+    }
+    let mut cluster = Cluster::new(&world, Backend::Zk, 3, false);
+    cluster.zk_ports = zk.client_ports();
+    let inst = world.launch("a", &[]).await.unwrap();
+
+    zk.stop(1).unwrap();
+    let run = {
+        let mut cmd = cluster.command(&world, &inst, &["claim", "--json"]);
+        cmd.kill_on_drop(true);
+        cmd.output()
+    };
+    let restart = async {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        zk.restart(1).unwrap();
+    };
+    let (out, ()) = tokio::join!(run, restart);
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "claim did not complete once ZooKeeper was back: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    zk.stop(1).unwrap();
+    cluster.deadline = 10;
+    let other = world.launch("a", &[]).await.unwrap();
+    let (code, stderr) = cluster.claim(&world, &other).await.unwrap_err();
+    assert_eq!(code, 5, "{stderr}");
+    assert!(stderr.contains("coordination_unreachable"), "{stderr}");
+    assert_eq!(
+        stderr
+            .trim()
+            .lines()
+            .last()
+            .unwrap()
+            .matches("kafka-agent:")
+            .count(),
+        1
+    );
+    drop(zk);
+    let _ = std::fs::remove_dir_all(dir);
+}
