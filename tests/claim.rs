@@ -464,3 +464,41 @@ async fn zookeeper_down_at_boot_then_back_and_down_past_the_deadline() {
     drop(zk);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn throttled_cloudwatch_logs_is_retried_until_every_agent_holds_an_id() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &testbed::aws::ScopeSettings {
+                throttle_rate: Some(0.5),
+                fault_actions: Some(
+                    [
+                        "CreateLogStream",
+                        "DescribeLogStreams",
+                        "GetLogEvents",
+                        "PutLogEvents",
+                    ]
+                    .map(String::from)
+                    .to_vec(),
+                ),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut instances = Vec::new();
+    for _ in 0..8 {
+        instances.push(world.launch("a", &[]).await.unwrap());
+    }
+    let cluster = Cluster::new(&world, Backend::Cwl, 8, false);
+    let results =
+        futures::future::join_all(instances.iter().map(|i| cluster.claim(&world, i))).await;
+    let ids: BTreeSet<u32> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("{e:?}")).0)
+        .collect();
+    assert_eq!(ids, (0..8).collect());
+}

@@ -256,6 +256,8 @@ pub struct Claim {
     pub how: String,
     pub instance_id: String,
     pub az: String,
+    /// How long the step took, from start to the claim held and journalled.
+    pub elapsed_ms: u64,
 }
 
 /// The ledger behind the claims.
@@ -615,7 +617,8 @@ fn unreachable(settings: &Settings, last: anyhow::Error) -> anyhow::Error {
 
 /// Runs the claim step to completion (or the boot deadline).
 pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Result<Claim> {
-    let deadline = Instant::now() + settings.boot.deadline;
+    let started = Instant::now();
+    let deadline = started + settings.boot.deadline;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     let mut ledger: Option<Ledger> = None;
     let mut memory = Memory::default();
@@ -647,6 +650,7 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                 how: how.to_string(),
                 instance_id: me.instance_id.clone(),
                 az: me.az.clone(),
+                elapsed_ms: 0,
             };
             Ok::<_, anyhow::Error>(match p {
                 Plan::Keep { id, epoch } => Step::Done(claim(id, epoch, "kept")),
@@ -676,8 +680,9 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
             Err(_) => Err(Transient(anyhow::anyhow!("no answer before the boot deadline")).into()),
         };
         match result {
-            Ok(Step::Done(c)) => {
+            Ok(Step::Done(mut c)) => {
                 tag_instance(settings, clients, me, c.id).await;
+                c.elapsed_ms = started.elapsed().as_millis() as u64;
                 journal(settings, &c)?;
                 tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
                 return Ok(c);

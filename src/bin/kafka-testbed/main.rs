@@ -5,6 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+mod bench;
+
 use kafka_agent::testbed::{self, Services, World, cleanup};
 
 #[derive(Parser)]
@@ -28,6 +30,22 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
+    /// Benchmark the claim step per backend: latency of one claim, and the time for N agents
+    /// booting at once to all hold distinct ids. Build the agent with --release first.
+    BenchClaim {
+        /// The kafka-agent binary to run (default: beside this one).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+        /// Agents booting at once.
+        #[arg(long, default_value_t = 64)]
+        agents: usize,
+        /// Sequential claims measured for latency.
+        #[arg(long, default_value_t = 100)]
+        samples: usize,
+        /// Herds of simultaneous agents measured.
+        #[arg(long, default_value_t = 5)]
+        herds: usize,
+    },
     /// Exit non-zero if any testbed left namespaces, loop devices, mounts or processes.
     Check,
     /// Remove everything testbeds left behind (of dead owners; --all: of every testbed).
@@ -45,6 +63,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Demo { cluster, hold } => demo(&cluster, hold),
+        Cmd::BenchClaim {
+            agent,
+            agents,
+            samples,
+            herds,
+        } => bench::claim(agent, agents, samples, herds),
         Cmd::Check => {
             let left = cleanup::leftovers(&testbed::root());
             if left.is_empty() {

@@ -1,0 +1,145 @@
+//! Benchmarks on the testbed (they measure; tests assert).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use kafka_agent::testbed::{Services, World};
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Bed<'a> {
+    world: &'a World,
+    agent: PathBuf,
+}
+
+impl Bed<'_> {
+    fn config(&self, inst: &str, cluster: &str, backend: &str, size: usize) -> Result<PathBuf> {
+        let host = self.world.host_dir(inst);
+        let zk = self.world.zookeeper_for(inst)?;
+        let text = format!(
+            "[cluster]\nname = \"{cluster}\"\nrole = \"kafka\"\nsize = {size}\n\
+             [boot]\ndeadline_seconds = 120\n[paths]\nstate_dir = \"{state}\"\n\
+             [claim]\nbackend = \"{backend}\"\n[resources]\neni = false\nvolume = false\n\
+             [zookeeper]\nconnect = \"{zk}/{cluster}\"\n",
+            state = host.join("var/lib/kafka-agent").display(),
+        );
+        let path = host.join("etc/kafka-agent/agent.toml");
+        std::fs::create_dir_all(path.parent().unwrap())?;
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
+    /// Runs one agent's claim; returns (id, step time, process time).
+    async fn claim(
+        &self,
+        inst: &str,
+        cluster: &str,
+        backend: &str,
+        size: usize,
+    ) -> Result<(u32, Duration, Duration)> {
+        let config = self.config(inst, cluster, backend, size)?;
+        let mut cmd = self.world.command(inst, &self.agent.to_string_lossy())?;
+        cmd.arg("--config").arg(config).args(["claim", "--json"]);
+        let start = Instant::now();
+        let out = tokio::process::Command::from(cmd).output().await?;
+        let wall = start.elapsed();
+        if !out.status.success() {
+            bail!("claim failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok((
+            v["id"].as_u64().context("no id")? as u32,
+            Duration::from_millis(v["elapsed_ms"].as_u64().context("no elapsed_ms")?),
+            wall,
+        ))
+    }
+}
+
+#[tokio::main]
+pub async fn claim(
+    agent: Option<PathBuf>,
+    agents: usize,
+    samples: usize,
+    herds: usize,
+) -> Result<()> {
+    let agent = match agent {
+        Some(a) => a,
+        None => std::env::current_exe()?.with_file_name("kafka-agent"),
+    };
+    if !agent.exists() {
+        bail!(
+            "{} does not exist: build it (cargo build --release)",
+            agent.display()
+        );
+    }
+    eprintln!("starting the testbed and {agents} instances...");
+    let services = Services::start(1)?;
+    let world = World::create(&services, &["a"]).await?;
+    let mut instances = Vec::new();
+    for _ in 0..agents {
+        instances.push(world.launch("a", &[]).await?);
+    }
+    let bed = Bed {
+        world: &world,
+        agent: agent.clone(),
+    };
+    println!(
+        "claim benchmark: agent {}, {agents} instances, 2 cores, no added latency",
+        agent.display()
+    );
+    for backend in ["zookeeper", "cloudwatch-logs"] {
+        let mut step = Vec::new();
+        let mut wall = Vec::new();
+        for i in 0..samples {
+            let cluster = format!("{}-lat-{backend}-{i}", world.id);
+            let (_, s, w) = bed
+                .claim(&instances[i % agents], &cluster, backend, agents)
+                .await?;
+            step.push(s);
+            wall.push(w);
+        }
+        step.sort();
+        wall.sort();
+        println!(
+            "{backend:16} one claim ({samples} samples): step p50 {} p99 {}; whole agent process p50 {} p99 {}",
+            ms(percentile(&step, 0.5)),
+            ms(percentile(&step, 0.99)),
+            ms(percentile(&wall, 0.5)),
+            ms(percentile(&wall, 0.99)),
+        );
+        let mut times = Vec::new();
+        for h in 0..herds {
+            let cluster = format!("{}-herd-{backend}-{h}", world.id);
+            let start = Instant::now();
+            let runs = instances
+                .iter()
+                .map(|i| bed.claim(i, &cluster, backend, agents));
+            let results = futures::future::join_all(runs).await;
+            let elapsed = start.elapsed();
+            let ids: BTreeSet<u32> = results
+                .into_iter()
+                .map(|r| r.map(|(id, _, _)| id))
+                .collect::<Result<_>>()?;
+            if ids.len() != agents {
+                bail!("herd {h}: {} distinct ids for {agents} agents", ids.len());
+            }
+            times.push(elapsed);
+        }
+        times.sort();
+        println!(
+            "{backend:16} {agents} agents at once, all holding distinct ids ({herds} herds): median {} worst {}",
+            ms(percentile(&times, 0.5)),
+            ms(*times.last().unwrap()),
+        );
+    }
+    Ok(())
+}
