@@ -365,7 +365,7 @@ async fn az_aware(backend: Backend) {
     assert_eq!(code, 4, "{stderr}");
     assert!(stderr.contains("0: ENI in us-east-1a"), "{stderr}");
     assert!(
-        stderr.contains(&format!("2: held by {b1} (running)")),
+        stderr.contains(&format!("2: held by {b1} (alive)")),
         "{stderr}"
     );
     // And an instance in AZ a gets an id of AZ a.

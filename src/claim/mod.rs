@@ -295,7 +295,7 @@ impl Ledger {
     /// The slots; owners are read only where `read(id)` (a ledger may skip the others).
     async fn slots(&self, read: &(dyn Fn(u32) -> bool + Sync)) -> Result<BTreeMap<u32, Slot>> {
         match self {
-            Ledger::Zookeeper(l) => l.slots().await,
+            Ledger::Zookeeper(l) => l.slots(read).await,
             Ledger::CloudwatchLogs(l) => l.slots(read).await,
         }
     }
@@ -357,11 +357,11 @@ async fn observe(
         .copied()
         .filter(|id| !is_initial(*id))
         .collect();
-    let owners: BTreeSet<String> = slots
+    let owners: BTreeMap<String, u64> = slots
         .iter()
         .filter(|(id, _)| !contended.contains(id))
-        .filter_map(|(_, s)| s.record.as_ref().map(|r| r.owner.clone()))
-        .filter(|o| *o != me.instance_id)
+        .filter_map(|(_, s)| s.record.as_ref().map(|r| (r.owner.clone(), r.time)))
+        .filter(|(o, _)| *o != me.instance_id)
         .collect();
     if memory.initial.is_none() {
         memory.initial = Some(slots.keys().copied().collect());
@@ -369,14 +369,14 @@ async fn observe(
     }
     let known = &mut memory.known;
     // Ask EC2 only about owners not seen yet in this run.
-    let unknown: BTreeSet<String> = owners
+    let unknown: BTreeMap<String, u64> = owners
         .iter()
-        .filter(|o| !known.contains_key(*o))
-        .cloned()
+        .filter(|(o, _)| !known.contains_key(*o))
+        .map(|(o, t)| (o.clone(), *t))
         .collect();
     known.extend(liveness(clients, &unknown).await?);
     let owners = owners
-        .into_iter()
+        .into_keys()
         .filter_map(|o| known.get(&o).map(|l| (o, l.clone())))
         .collect();
     Ok(Observation {
@@ -496,42 +496,81 @@ fn tag_filter(key: &str, value: &str) -> Filter {
         .build()
 }
 
-/// EC2's view of each owner: alive, or dead (terminated, shutting-down, gone).
+/// EC2 keeps a terminated instance visible for about an hour; a claim older than this whose
+/// owner EC2 does not list as terminated is checked for an owner that is gone altogether.
+pub const GONE_CHECK_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// EC2's view of each owner (with its claim's time): dead (terminated, shutting-down, gone)
+/// or alive.
+///
+/// Death is asked positively (owners in a terminated or shutting-down state), which answers
+/// with the few dead and stays cheap when many owners live. Only owners of claims older than
+/// [`GONE_CHECK_AFTER`] are also checked for existing at all.
 async fn liveness(
     clients: &Clients,
-    owners: &BTreeSet<String>,
+    owners: &BTreeMap<String, u64>,
 ) -> Result<BTreeMap<String, Liveness>> {
     let mut out: BTreeMap<String, Liveness> = owners
-        .iter()
-        .map(|o| (o.clone(), Liveness::Dead("gone".into())))
+        .keys()
+        .map(|o| (o.clone(), Liveness::Alive("alive".into())))
         .collect();
     if owners.is_empty() {
         return Ok(out);
     }
-    let filter = Filter::builder()
-        .name("instance-id")
-        .set_values(Some(owners.iter().cloned().collect()))
-        .build();
-    let mut pages = clients
-        .ec2
-        .describe_instances()
-        .filters(filter)
-        .into_paginator()
-        .send();
+    let ids: Vec<String> = owners.keys().cloned().collect();
+    for (id, state) in instance_states(clients, &ids, &["terminated", "shutting-down"]).await? {
+        out.insert(id, Liveness::Dead(state));
+    }
+    let now = now_secs();
+    let old: Vec<String> = owners
+        .iter()
+        .filter(|(o, time)| {
+            matches!(out.get(*o), Some(Liveness::Alive(_)))
+                && now.saturating_sub(**time) >= GONE_CHECK_AFTER.as_secs()
+        })
+        .map(|(o, _)| o.clone())
+        .collect();
+    if !old.is_empty() {
+        let present = instance_states(clients, &old, &[]).await?;
+        for o in old {
+            let l = match present.get(&o) {
+                Some(state) => Liveness::Alive(state.clone()),
+                None => Liveness::Dead("gone".into()),
+            };
+            out.insert(o, l);
+        }
+    }
+    Ok(out)
+}
+
+/// The state of each of `ids` that EC2 lists, optionally only those in `states`.
+async fn instance_states(
+    clients: &Clients,
+    ids: &[String],
+    states: &[&str],
+) -> Result<BTreeMap<String, String>> {
+    let mut req = clients.ec2.describe_instances().filters(
+        Filter::builder()
+            .name("instance-id")
+            .set_values(Some(ids.to_vec()))
+            .build(),
+    );
+    if !states.is_empty() {
+        req = req.filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
+                .build(),
+        );
+    }
+    let mut out = BTreeMap::new();
+    let mut pages = req.into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| aws_error(e, "describing the claims' owners"))?;
         for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
-            else {
-                continue;
-            };
-            let state = state.as_str().to_string();
-            let l = if state == "terminated" || state == "shutting-down" {
-                Liveness::Dead(state)
-            } else {
-                Liveness::Alive(state)
-            };
-            out.insert(id.to_string(), l);
+            if let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name())) {
+                out.insert(id.to_string(), state.as_str().to_string());
+            }
         }
     }
     Ok(out)
@@ -623,6 +662,9 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
     let mut ledger: Option<Ledger> = None;
     let mut memory = Memory::default();
     let mut losses = 0u32;
+    // After a lost race the same observation is reused, minus the ids lost: one call per try
+    // instead of a fresh look; a fresh look is taken before concluding anything else.
+    let mut cached: Option<Observation> = None;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = async {
@@ -630,8 +672,15 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                 ledger = Some(Ledger::open(settings, clients).await?);
             }
             let l = ledger.as_ref().unwrap();
-            let obs = observe(settings, clients, me, l, &mut memory).await?;
-            let spread = 1usize << losses.min(10);
+            let (mut obs, stale) = match cached.take() {
+                Some(o) => (o, true),
+                None => (observe(settings, clients, me, l, &mut memory).await?, false),
+            };
+            let spread = if losses == 0 {
+                1
+            } else {
+                4usize << losses.min(10)
+            };
             let p = plan_with(&obs, &me.instance_id, |n| {
                 rand::random_range(0..n.min(spread))
             });
@@ -658,7 +707,8 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                     if l.create(id, &record(0)).await? {
                         Step::Done(claim(id, 0, "created"))
                     } else {
-                        Step::Lost
+                        obs.contended.insert(id);
+                        Step::Lost(obs)
                     }
                 }
                 Plan::TakeOver { id, from, why } => {
@@ -667,9 +717,11 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                         tracing::info!(id, epoch, reason = %why, "took over a dead owner's id");
                         Step::Done(claim(id, epoch, "took_over"))
                     } else {
-                        Step::Lost
+                        obs.contended.insert(id);
+                        Step::Lost(obs)
                     }
                 }
+                _ if stale => Step::LookAgain,
                 Plan::Wait { why } => Step::Wait(why),
                 Plan::Exhausted { report } => Step::Exhausted(report),
             })
@@ -687,10 +739,12 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
                 tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
                 return Ok(c);
             }
-            Ok(Step::Lost) => {
-                // Another contender won that id: look again at once, spreading wider.
+            Ok(Step::Lost(obs)) => {
+                // Another contender won that id: try another at once, spreading wider.
                 losses += 1;
+                cached = Some(obs);
             }
+            Ok(Step::LookAgain) => {}
             Ok(Step::Wait(why)) => {
                 tracing::info!(reason = %why, "no id free yet; waiting");
                 memory = Memory::default();
@@ -726,7 +780,8 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
 
 enum Step {
     Done(Claim),
-    Lost,
+    Lost(Observation),
+    LookAgain,
     Wait(String),
     Exhausted(String),
 }

@@ -46,50 +46,75 @@ impl ZkLedger {
                 None => c,
             }
         };
-        if let Some(i) = zk.connect.find('/') {
-            // Make the chroot, as Kafka does for its own.
-            let root = connector()
-                .connect(&zk.connect[..i])
-                .await
-                .map_err(|e| zk_error(e, &format!("connecting to ZooKeeper {}", zk.connect)))?;
-            root.mkdir(&zk.connect[i..], &options())
-                .await
-                .map_err(|e| zk_error(e, &format!("creating the chroot {}", &zk.connect[i..])))?;
+        let connect = |cluster: String| {
+            let c = connector();
+            async move {
+                c.connect(&cluster)
+                    .await
+                    .map_err(|e| zk_error(e, &format!("connecting to ZooKeeper {cluster}")))
+            }
+        };
+        let client = connect(zk.connect.clone()).await?;
+        match client.mkdir(&settings.claim.path, &options()).await {
+            Ok(()) => {}
+            Err(ZkError::NoNode) if zk.connect.contains('/') => {
+                // The chroot does not exist yet: make it, as Kafka does for its own.
+                let i = zk.connect.find('/').unwrap();
+                let root = connect(zk.connect[..i].to_string()).await?;
+                root.mkdir(&zk.connect[i..], &options())
+                    .await
+                    .map_err(|e| {
+                        zk_error(e, &format!("creating the chroot {}", &zk.connect[i..]))
+                    })?;
+                client
+                    .mkdir(&settings.claim.path, &options())
+                    .await
+                    .map_err(|e| zk_error(e, &format!("creating {}", settings.claim.path)))?;
+            }
+            Err(e) => return Err(zk_error(e, &format!("creating {}", settings.claim.path))),
         }
-        let client = connector()
-            .connect(&zk.connect)
-            .await
-            .map_err(|e| zk_error(e, &format!("connecting to ZooKeeper {}", zk.connect)))?;
-        client
-            .mkdir(&settings.claim.path, &options())
-            .await
-            .map_err(|e| zk_error(e, &format!("creating {}", settings.claim.path)))?;
         Ok(ZkLedger {
             client,
             path: settings.claim.path.clone(),
         })
     }
 
-    pub async fn slots(&self) -> Result<BTreeMap<u32, Slot>> {
+    /// Every claimed id; the record is read where `read(id)` (cheap, but a herd of agents
+    /// re-reading each other's fresh claims adds up).
+    pub async fn slots(&self, read: &(dyn Fn(u32) -> bool + Sync)) -> Result<BTreeMap<u32, Slot>> {
         let children = self
             .client
             .list_children(&self.path)
             .await
             .map_err(|e| zk_error(e, &format!("listing {}", self.path)))?;
-        let mut out = BTreeMap::new();
-        for child in children {
-            let Ok(id) = child.parse::<u32>() else {
-                continue;
-            };
-            let node = format!("{}/{child}", self.path);
-            let (data, stat) = match self.client.get_data(&node).await {
+        // Read every record at once: one round trip's latency, not one per id.
+        let all: Vec<u32> = children.iter().filter_map(|c| c.parse().ok()).collect();
+        let (ids, unread): (Vec<u32>, Vec<u32>) = all.into_iter().partition(|id| read(*id));
+        let reads = ids.iter().map(|id| {
+            let node = format!("{}/{id}", self.path);
+            async move { (node.clone(), self.client.get_data(&node).await) }
+        });
+        let mut out: BTreeMap<u32, Slot> = unread
+            .into_iter()
+            .map(|id| {
+                let slot = Slot {
+                    record: None,
+                    version: -1,
+                    epoch: 0,
+                    age: None,
+                };
+                (id, slot)
+            })
+            .collect();
+        for (id, (node, read)) in ids.iter().zip(futures::future::join_all(reads).await) {
+            let (data, stat) = match read {
                 Ok(v) => v,
                 Err(ZkError::NoNode) => continue,
                 Err(e) => return Err(zk_error(e, &format!("reading {node}"))),
             };
             let record: Option<Record> = serde_json::from_slice(&data).ok();
             out.insert(
-                id,
+                *id,
                 Slot {
                     epoch: record.as_ref().map_or(0, |r| r.epoch),
                     record,

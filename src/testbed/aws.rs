@@ -97,6 +97,15 @@ impl Moto {
         Ok(serde_json::from_str(&body)?)
     }
 
+    /// Calls served per scope and action: (count, seconds spent serving them).
+    pub async fn stats(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, std::collections::BTreeMap<String, (u64, f64)>>>
+    {
+        let body = http::ok(self.port, "GET", "/_testbed/stats", "").await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
     /// Instances, ENIs and volumes of one VPC as EC2 sees them now.
     pub async fn state(&self, vpc: &str) -> Result<Ec2State> {
         state(self.port, vpc).await

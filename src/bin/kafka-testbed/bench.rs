@@ -88,6 +88,7 @@ pub async fn claim(
     for _ in 0..agents {
         instances.push(world.launch("a", &[]).await?);
     }
+    let services_ref = &services;
     let bed = Bed {
         world: &world,
         agent: agent.clone(),
@@ -125,16 +126,32 @@ pub async fn claim(
                 .map(|i| bed.claim(i, &cluster, backend, agents));
             let results = futures::future::join_all(runs).await;
             let elapsed = start.elapsed();
-            let ids: BTreeSet<u32> = results
-                .into_iter()
-                .map(|r| r.map(|(id, _, _)| id))
-                .collect::<Result<_>>()?;
+            let results: Vec<(u32, Duration, Duration)> =
+                results.into_iter().collect::<Result<_>>()?;
+            let mut steps: Vec<Duration> = results.iter().map(|r| r.1).collect();
+            steps.sort();
+            eprintln!(
+                "  herd {h}: {} in all; agents' claim step p50 {} max {}",
+                ms(elapsed),
+                ms(percentile(&steps, 0.5)),
+                ms(*steps.last().unwrap())
+            );
+            let ids: BTreeSet<u32> = results.iter().map(|r| r.0).collect();
             if ids.len() != agents {
                 bail!("herd {h}: {} distinct ids for {agents} agents", ids.len());
             }
             times.push(elapsed);
         }
         times.sort();
+        let stats = services_ref.moto.stats().await?;
+        if let Some(mine) = stats.get(&world.scope) {
+            let mut line: Vec<String> = mine
+                .iter()
+                .map(|(a, (n, secs))| format!("{a} {n} calls {:.0} ms", secs * 1000.0))
+                .collect();
+            line.sort();
+            eprintln!("  AWS calls so far: {}", line.join(", "));
+        }
         println!(
             "{backend:16} {agents} agents at once, all holding distinct ids ({herds} herds): median {} worst {}",
             ms(percentile(&times, 0.5)),

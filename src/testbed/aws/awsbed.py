@@ -63,6 +63,7 @@ SIGNALS = []  # SignalResource calls accepted
 LIFECYCLE = []  # CompleteLifecycleAction / RecordLifecycleActionHeartbeat calls accepted
 CREATION = {}  # stack id -> {logical id: {"count", "success", "deadline"}}
 COMPLETED_ACTIONS = set()  # (asg, hook, instance) completed
+STATS = {}  # scope -> action -> [calls, seconds spent serving]
 
 
 class AwsError(Exception):
@@ -659,6 +660,8 @@ def control(req):
             stack.status = conf["status"]
             CREATION.pop(stack.stack_id, None)
             return Response("{}", content_type="application/json")
+        if path == "stats":
+            return Response(json.dumps(STATS), content_type="application/json")
         if path == "health":
             return Response("ok")
     return Response("unknown testbed endpoint", status=404)
@@ -691,7 +694,20 @@ class Testbed:
         if fault is not None:
             return error_response(fault, protocol)(environ, start_response)
         call = {"region": region, "scope": scope, "params": params, "conf": conf}
+        return self.serve(environ, start_response, call, service, action, protocol)
+
+    def serve(self, environ, start_response, call, service, action, protocol):
         with LOCK:
+            began = time.monotonic()
+            try:
+                return self.serve_locked(environ, start_response, call, service, action, protocol)
+            finally:
+                entry = STATS.setdefault(call["scope"], {}).setdefault(action, [0, 0.0])
+                entry[0] += 1
+                entry[1] += time.monotonic() - began
+
+    def serve_locked(self, environ, start_response, call, service, action, protocol):
+        if True:
             tick()
             after = None
             handler = HANDLERS.get((service, action))
