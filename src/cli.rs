@@ -35,6 +35,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Attach the claimed id's ENI and volume to this instance (step 2); prints what it did.
+    Attach {
+        /// Say what would be done, changing nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
     Config {
         /// Also list the files read, in the order they apply.
@@ -64,6 +70,14 @@ pub async fn run(cli: Cli) -> Result<()> {
                     claim.id, claim.epoch, claim.how, claim.instance_id, claim.az
                 );
             }
+            Ok(())
+        }
+        Command::Attach { dry_run } => {
+            let settings = config::load(&cli.config)?;
+            let clients = crate::aws::Clients::from_env().await;
+            let me = crate::identity::Identity::from_imds().await?;
+            let done = crate::attach::run(&settings, &clients, &me, dry_run).await?;
+            println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }
         Command::Config { files } => {

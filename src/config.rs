@@ -83,6 +83,11 @@ pub struct ClaimSettings {
 pub struct Resources {
     pub eni: bool,
     pub volume: bool,
+    /// The ENI's device index on this instance (0 is the primary interface).
+    pub eni_device_index: u32,
+    /// The device name the volume is attached under (Nitro instances ignore it; the NVMe
+    /// serial identifies the volume).
+    pub volume_device: String,
 }
 
 /// The tag contract shared by ENIs, volumes, instances and the CloudFormation template.
@@ -198,6 +203,8 @@ struct RawClaim {
 struct RawResources {
     eni: Option<bool>,
     volume: Option<bool>,
+    eni_device_index: Option<i64>,
+    volume_device: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -529,6 +536,30 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             ),
         ));
     }
+    let eni_device_index = in_range(
+        "resources.eni_device_index",
+        raw.resources.eni_device_index.unwrap_or(1),
+        1,
+        15,
+        err,
+    )?;
+    let volume_device = raw
+        .resources
+        .volume_device
+        .unwrap_or_else(|| "/dev/xvdf".into());
+    let device_ok = ["/dev/sd", "/dev/xvd"].iter().any(|p| {
+        volume_device.strip_prefix(p).is_some_and(|rest| {
+            matches!(rest.as_bytes(), [b'f'..=b'z'] | [b'b'..=b'z', b'a'..=b'z'])
+        })
+    });
+    if !device_ok {
+        return Err(err(
+            "resources.volume_device",
+            format!(
+                "{volume_device:?} is not an EBS device name; expected /dev/sd[f-z] or /dev/xvd[f-z]"
+            ),
+        ));
+    }
     Ok(Settings {
         claim: ClaimSettings {
             backend,
@@ -538,6 +569,8 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
         resources: Resources {
             eni: raw.resources.eni.unwrap_or(true),
             volume: raw.resources.volume.unwrap_or(true),
+            eni_device_index: eni_device_index as u32,
+            volume_device,
         },
         tags,
         cluster: Cluster {

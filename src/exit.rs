@@ -15,6 +15,11 @@ pub const NO_ELIGIBLE_ID: i32 = 4;
 /// (`coordination_unreachable`).
 pub const UNREACHABLE: i32 = 5;
 
+/// The id's ENI or volume is held by a live instance (`resource_in_use`).
+pub const RESOURCE_IN_USE: i32 = 6;
+/// The id's ENI or volume is missing or ambiguous in this AZ (`resource_not_found`).
+pub const RESOURCE_NOT_FOUND: i32 = 7;
+
 /// Maps an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
     use crate::claim::ClaimError;
@@ -25,6 +30,11 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         match e.downcast_ref::<ClaimError>() {
             Some(ClaimError::NoEligibleId { .. }) => return NO_ELIGIBLE_ID,
             Some(ClaimError::Unreachable { .. }) => return UNREACHABLE,
+            None => {}
+        }
+        match e.downcast_ref::<crate::attach::AttachError>() {
+            Some(crate::attach::AttachError::InUse { .. }) => return RESOURCE_IN_USE,
+            Some(crate::attach::AttachError::NotFound(_)) => return RESOURCE_NOT_FOUND,
             None => {}
         }
     }
@@ -39,6 +49,9 @@ pub fn kind_for(err: &anyhow::Error) -> &'static str {
         }
         if let Some(c) = e.downcast_ref::<crate::claim::ClaimError>() {
             return c.kind();
+        }
+        if let Some(a) = e.downcast_ref::<crate::attach::AttachError>() {
+            return a.kind();
         }
     }
     "failure"

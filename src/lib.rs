@@ -13,6 +13,7 @@
 //! at the foundation stage: configuration and the AWS seam; the testbed (feature `testbed`)
 //! simulates the world the steps run in.
 
+pub mod attach;
 pub mod aws;
 pub mod backoff;
 pub mod claim;

@@ -247,7 +247,7 @@ impl ClaimError {
 pub struct Transient(pub anyhow::Error);
 
 /// The outcome of the step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claim {
     pub id: u32,
     pub epoch: u64,

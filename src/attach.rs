@@ -1,0 +1,672 @@
+//! Step 2: attach the claimed id's ENI and EBS volume to this instance, taking them over from a
+//! dead predecessor, never from a live one.
+//!
+//! Both are found by the tag contract in this instance's AZ (exactly one of each). For each,
+//! observe who holds it, decide ([`decide`], pure), apply, and look again until it is attached
+//! here: already ours, nothing to do; free, attach; held by an instance that is terminated,
+//! shutting down or gone, force-detach, wait, attach; held by a live instance, wait with
+//! backoff until the boot deadline, then fail naming the holder. The ENI and the volume go
+//! concurrently. A rerun on a finished node only describes: no mutating call.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::Filter;
+use serde::Serialize;
+
+use crate::aws::Clients;
+use crate::backoff::Backoff;
+use crate::claim::{Claim, aws_error};
+use crate::config::Settings;
+use crate::identity::Identity;
+
+/// Who holds a resource now, as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    Nobody,
+    /// This instance; the attachment's state (attaching, attached, detaching).
+    Me(String),
+    /// Another instance: its id, the attachment's state, and the instance's state
+    /// (`None` = gone from EC2).
+    Other {
+        instance: String,
+        attachment: String,
+        instance_state: Option<String>,
+    },
+}
+
+/// What to do next about one resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Done,
+    Attach,
+    /// Wait for an attachment or detachment in flight.
+    Wait(String),
+    /// The holder is dead: detach by force.
+    ForceDetach {
+        holder: String,
+        why: String,
+    },
+    /// The holder lives: never steal.
+    HolderAlive {
+        holder: String,
+        state: String,
+    },
+}
+
+/// Decides the next action for one resource. Pure.
+pub fn decide(holder: &Holder) -> Action {
+    match holder {
+        Holder::Nobody => Action::Attach,
+        Holder::Me(state) if state == "attached" => Action::Done,
+        Holder::Me(state) => Action::Wait(format!("{state} here")),
+        Holder::Other {
+            instance,
+            attachment,
+            ..
+        } if attachment == "detaching" => Action::Wait(format!("detaching from {instance}")),
+        Holder::Other {
+            instance,
+            instance_state,
+            ..
+        } => match instance_state.as_deref() {
+            None => Action::ForceDetach {
+                holder: instance.clone(),
+                why: "its instance is gone".into(),
+            },
+            Some(s @ ("terminated" | "shutting-down")) => Action::ForceDetach {
+                holder: instance.clone(),
+                why: format!("its instance is {s}"),
+            },
+            Some(s) => Action::HolderAlive {
+                holder: instance.clone(),
+                state: s.to_string(),
+            },
+        },
+    }
+}
+
+/// Attach failures a caller branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("{resource} is attached to {holder}, which is {state}: not taking it")]
+    InUse {
+        resource: String,
+        holder: String,
+        state: String,
+    },
+    #[error("{0}")]
+    NotFound(String),
+}
+
+impl AttachError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AttachError::InUse { .. } => "resource_in_use",
+            AttachError::NotFound(_) => "resource_not_found",
+        }
+    }
+}
+
+/// What the step did for one resource.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Attached {
+    pub id: String,
+    /// already | attached | took_over
+    pub how: String,
+    /// ENI: its private IPs.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ips: Vec<String>,
+}
+
+/// The outcome of the step.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attachment {
+    pub broker_id: u32,
+    pub eni: Option<Attached>,
+    pub volume: Option<Attached>,
+    pub elapsed_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Eni,
+    Volume,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Eni => "ENI",
+            Kind::Volume => "volume",
+        }
+    }
+}
+
+fn filters(settings: &Settings, id: u32, az: Option<&str>) -> Vec<Filter> {
+    let tags = &settings.tags;
+    let f = |name: String, value: String| Filter::builder().name(name).values(value).build();
+    let mut out = vec![f(format!("tag:{}", tags.id_key), tags.format_id(id))];
+    if !tags.cluster_key.is_empty() {
+        out.push(f(
+            format!("tag:{}", tags.cluster_key),
+            settings.cluster.name.clone(),
+        ));
+    }
+    if !tags.role_key.is_empty() {
+        out.push(f(
+            format!("tag:{}", tags.role_key),
+            settings.cluster.role.to_string(),
+        ));
+    }
+    if let Some(az) = az {
+        out.push(f("availability-zone".into(), az.to_string()));
+    }
+    out
+}
+
+/// (id, AZ) of every resource of `kind` tagged for `id`, in `az` or anywhere.
+async fn find(
+    settings: &Settings,
+    clients: &Clients,
+    kind: Kind,
+    id: u32,
+    az: Option<&str>,
+) -> Result<Vec<(String, String)>> {
+    let filters = filters(settings, id, az);
+    Ok(match kind {
+        Kind::Eni => clients
+            .ec2
+            .describe_network_interfaces()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| aws_error(e, "finding the id's ENI"))?
+            .network_interfaces()
+            .iter()
+            .map(|e| {
+                (
+                    e.network_interface_id().unwrap_or_default().to_string(),
+                    e.availability_zone().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+        Kind::Volume => clients
+            .ec2
+            .describe_volumes()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| aws_error(e, "finding the id's volume"))?
+            .volumes()
+            .iter()
+            .map(|v| {
+                (
+                    v.volume_id().unwrap_or_default().to_string(),
+                    v.availability_zone().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+    })
+}
+
+/// Exactly one resource of `kind` for `id` in this AZ, or an error listing what was found.
+async fn find_one(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    kind: Kind,
+    id: u32,
+) -> Result<String> {
+    let here = find(settings, clients, kind, id, Some(&me.az)).await?;
+    if here.len() == 1 {
+        return Ok(here[0].0.clone());
+    }
+    let everywhere = find(settings, clients, kind, id, None).await?;
+    let list: Vec<String> = everywhere
+        .iter()
+        .map(|(r, az)| format!("{r} in {az}"))
+        .collect();
+    let tag = format!("{}={}", settings.tags.id_key, settings.tags.format_id(id));
+    let found = if list.is_empty() {
+        "none".to_string()
+    } else {
+        list.join(", ")
+    };
+    Err(AttachError::NotFound(format!(
+        "expected exactly one {} tagged {tag} for cluster {} in {}; found {found}",
+        kind.name(),
+        settings.cluster.name,
+        me.az
+    ))
+    .into())
+}
+
+/// The resource's holder and, for an ENI, its attachment id and private IPs.
+async fn observe(
+    clients: &Clients,
+    me: &Identity,
+    kind: Kind,
+    resource: &str,
+) -> Result<(Holder, Option<String>, Vec<String>)> {
+    let (holder, attachment, state, ips) = match kind {
+        Kind::Eni => {
+            let out = clients
+                .ec2
+                .describe_network_interfaces()
+                .network_interface_ids(resource)
+                .send()
+                .await
+                .map_err(|e| aws_error(e, &format!("describing {resource}")))?;
+            let eni = out
+                .network_interfaces()
+                .first()
+                .with_context(|| format!("{resource} vanished"))?;
+            let ips = eni
+                .private_ip_addresses()
+                .iter()
+                .filter_map(|a| a.private_ip_address().map(str::to_string))
+                .collect();
+            match eni.attachment() {
+                Some(a) if a.instance_id().is_some() => (
+                    a.instance_id().map(str::to_string),
+                    a.attachment_id().map(str::to_string),
+                    a.status()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    ips,
+                ),
+                _ => (None, None, String::new(), ips),
+            }
+        }
+        Kind::Volume => {
+            let out = clients
+                .ec2
+                .describe_volumes()
+                .volume_ids(resource)
+                .send()
+                .await
+                .map_err(|e| aws_error(e, &format!("describing {resource}")))?;
+            let vol = out
+                .volumes()
+                .first()
+                .with_context(|| format!("{resource} vanished"))?;
+            match vol.attachments().first() {
+                Some(a) => (
+                    a.instance_id().map(str::to_string),
+                    None,
+                    a.state()
+                        .map(|s| s.as_str().to_string())
+                        .unwrap_or_default(),
+                    Vec::new(),
+                ),
+                None => (None, None, String::new(), Vec::new()),
+            }
+        }
+    };
+    let holder = match holder {
+        None => Holder::Nobody,
+        Some(i) if i == me.instance_id => Holder::Me(state),
+        Some(instance) => {
+            let instance_state = instance_state(clients, &instance).await?;
+            Holder::Other {
+                instance,
+                attachment: state,
+                instance_state,
+            }
+        }
+    };
+    Ok((holder, attachment, ips))
+}
+
+async fn instance_state(clients: &Clients, instance: &str) -> Result<Option<String>> {
+    let out = clients
+        .ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("instance-id")
+                .values(instance)
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws_error(e, &format!("describing {instance}")))?;
+    Ok(out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find(|i| i.instance_id() == Some(instance))
+        .and_then(|i| i.state().and_then(|s| s.name()))
+        .map(|s| s.as_str().to_string()))
+}
+
+/// A refusal that means "someone else moved first": look again.
+fn is_race(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "VolumeInUse"
+                | "InvalidNetworkInterface.InUse"
+                | "IncorrectState"
+                | "IncorrectInstanceState"
+                | "InvalidAttachment.NotFound"
+                | "InvalidParameterValue"
+        )
+    )
+}
+
+async fn attach_call(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    kind: Kind,
+    resource: &str,
+) -> Result<()> {
+    let result = match kind {
+        Kind::Eni => clients
+            .ec2
+            .attach_network_interface()
+            .network_interface_id(resource)
+            .instance_id(&me.instance_id)
+            .device_index(settings.resources.eni_device_index as i32)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                (
+                    e.code().map(str::to_string),
+                    aws_error(e, &format!("attaching {resource}")),
+                )
+            }),
+        Kind::Volume => clients
+            .ec2
+            .attach_volume()
+            .volume_id(resource)
+            .instance_id(&me.instance_id)
+            .device(&settings.resources.volume_device)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                (
+                    e.code().map(str::to_string),
+                    aws_error(e, &format!("attaching {resource}")),
+                )
+            }),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err((code, e)) if is_race(code.as_deref()) => {
+            tracing::info!(resource, error = %e, "attach refused; looking again");
+            Ok(())
+        }
+        Err((_, e)) => Err(e),
+    }
+}
+
+async fn force_detach(
+    clients: &Clients,
+    kind: Kind,
+    resource: &str,
+    attachment: Option<&str>,
+    holder: &str,
+) -> Result<()> {
+    let result = match kind {
+        Kind::Eni => {
+            let aid = attachment.with_context(|| format!("{resource} has no attachment id"))?;
+            clients
+                .ec2
+                .detach_network_interface()
+                .attachment_id(aid)
+                .force(true)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| {
+                    (
+                        e.code().map(str::to_string),
+                        aws_error(e, &format!("detaching {resource} from {holder}")),
+                    )
+                })
+        }
+        Kind::Volume => clients
+            .ec2
+            .detach_volume()
+            .volume_id(resource)
+            .instance_id(holder)
+            .force(true)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                (
+                    e.code().map(str::to_string),
+                    aws_error(e, &format!("detaching {resource} from {holder}")),
+                )
+            }),
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err((code, e)) if is_race(code.as_deref()) => {
+            tracing::info!(resource, error = %e, "detach refused; looking again");
+            Ok(())
+        }
+        Err((_, e)) => Err(e),
+    }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<crate::claim::Transient>())
+}
+
+/// Brings one resource to "attached here".
+async fn converge(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    kind: Kind,
+    resource: &str,
+    deadline: Instant,
+    dry_run: bool,
+) -> Result<Attached> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), deadline);
+    let mut how = "already";
+    loop {
+        let step = async {
+            let (holder, attachment, ips) = observe(clients, me, kind, resource).await?;
+            let action = decide(&holder);
+            tracing::debug!(resource, ?holder, ?action, "attach plan");
+            Ok::<_, anyhow::Error>((action, attachment, ips))
+        }
+        .await;
+        let (action, attachment, ips) = match step {
+            Ok(v) => v,
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(resource, error = %format!("{e:#}"), "retrying");
+                if !backoff.wait().await {
+                    return Err(e);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        if dry_run {
+            let said = match &action {
+                Action::Done => "already attached here".to_string(),
+                Action::Attach => "would attach".to_string(),
+                Action::Wait(w) => format!("would wait: {w}"),
+                Action::ForceDetach { holder, why } => {
+                    format!("would force-detach from {holder} ({why}) and attach")
+                }
+                Action::HolderAlive { holder, state } => {
+                    format!("would wait for {holder} ({state}) to let go")
+                }
+            };
+            return Ok(Attached {
+                id: resource.to_string(),
+                how: said,
+                ips,
+            });
+        }
+        let result = match &action {
+            Action::Done => {
+                return Ok(Attached {
+                    id: resource.to_string(),
+                    how: how.to_string(),
+                    ips,
+                });
+            }
+            Action::Attach => {
+                if how == "already" {
+                    how = "attached";
+                }
+                tracing::info!(resource, "attaching");
+                attach_call(settings, clients, me, kind, resource)
+                    .await
+                    .map(|()| false)
+            }
+            Action::ForceDetach { holder, why } => {
+                how = "took_over";
+                tracing::info!(resource, holder = %holder, reason = %why, "force-detaching from a dead holder");
+                force_detach(clients, kind, resource, attachment.as_deref(), holder)
+                    .await
+                    .map(|()| true)
+            }
+            Action::Wait(_) => Ok(true),
+            Action::HolderAlive { holder, state } => {
+                tracing::info!(resource, holder = %holder, state = %state, "held by a live instance; waiting");
+                if !backoff.wait().await {
+                    return Err(AttachError::InUse {
+                        resource: resource.to_string(),
+                        holder: holder.clone(),
+                        state: state.clone(),
+                    }
+                    .into());
+                }
+                Ok(false)
+            }
+        };
+        match result {
+            Ok(true) => {
+                if !backoff.wait().await {
+                    bail!("{resource} is not attached here at the boot deadline ({action:?})");
+                }
+            }
+            Ok(false) => {}
+            Err(e) if is_transient(&e) => {
+                if !backoff.wait().await {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads the claim the claim step journalled.
+pub fn claimed(settings: &Settings) -> Result<Claim> {
+    let path = settings.paths.state_dir.join("claim.json");
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {} (run `kafka-agent claim` first)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Runs the attach step for the claimed id.
+pub async fn run(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    dry_run: bool,
+) -> Result<Attachment> {
+    let started = Instant::now();
+    let deadline = started + settings.boot.deadline;
+    let claim = claimed(settings)?;
+    if claim.instance_id != me.instance_id {
+        bail!(
+            "{} holds a claim of {}, not of this instance {}: run `kafka-agent claim`",
+            settings.paths.state_dir.join("claim.json").display(),
+            claim.instance_id,
+            me.instance_id
+        );
+    }
+    let id = claim.id;
+    let one = |kind: Kind, wanted: bool| async move {
+        if !wanted {
+            return Ok(None);
+        }
+        let resource = find_one(settings, clients, me, kind, id).await?;
+        converge(settings, clients, me, kind, &resource, deadline, dry_run)
+            .await
+            .map(Some)
+    };
+    let (eni, volume) = tokio::join!(
+        one(Kind::Eni, settings.resources.eni),
+        one(Kind::Volume, settings.resources.volume)
+    );
+    let out = Attachment {
+        broker_id: id,
+        eni: eni?,
+        volume: volume?,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    };
+    if !dry_run {
+        let path = settings.paths.state_dir.join("attach.json");
+        let mut body = serde_json::to_vec_pretty(&out)?;
+        body.push(b'\n');
+        crate::journal::write_atomic(&path, &body)
+            .with_context(|| format!("journalling to {}", path.display()))?;
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn other(state: Option<&str>, attachment: &str) -> Holder {
+        Holder::Other {
+            instance: "i-old".into(),
+            attachment: attachment.into(),
+            instance_state: state.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn never_steal_from_the_living() {
+        for s in ["running", "pending", "stopping", "stopped"] {
+            assert!(
+                matches!(
+                    decide(&other(Some(s), "attached")),
+                    Action::HolderAlive { .. }
+                ),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn take_from_the_dead() {
+        for s in [Some("terminated"), Some("shutting-down"), None] {
+            assert!(
+                matches!(decide(&other(s, "attached")), Action::ForceDetach { .. }),
+                "{s:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_flight_changes_are_waited_for() {
+        assert!(matches!(
+            decide(&other(Some("terminated"), "detaching")),
+            Action::Wait(_)
+        ));
+        assert!(matches!(
+            decide(&Holder::Me("attaching".into())),
+            Action::Wait(_)
+        ));
+        assert_eq!(decide(&Holder::Me("attached".into())), Action::Done);
+        assert_eq!(decide(&Holder::Nobody), Action::Attach);
+    }
+}
