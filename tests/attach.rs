@@ -1,0 +1,203 @@
+//! Step 2, attach: the id's ENI and volume follow the id to the replacement instance, never
+//! leave a live one, never cross AZs, and a rerun changes nothing. Needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Cluster};
+use kafka_agent::testbed::{self, World, aws::ScopeSettings};
+
+async fn delays(world: &World, attach: f64, detach: f64, release: f64) {
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &ScopeSettings {
+                attach_delay: Some(attach),
+                detach_delay: Some(detach),
+                release_delay: Some(release),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+/// Mutating EC2 calls made with the world's scope so far.
+async fn mutations(world: &World) -> u64 {
+    let stats = testbed::shared().moto.stats().await.unwrap();
+    stats
+        .get(&world.scope)
+        .map(|m| {
+            m.iter()
+                .filter(|(a, _)| a.starts_with("Attach") || a.starts_with("Detach"))
+                .map(|(_, (n, _))| *n)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_plugged(world: &World, inst: &str, eni_mac: &str, vol: &str) {
+    let serial = vol.replace('-', "");
+    world
+        .wait_until(
+            Duration::from_secs(10),
+            "ENI and volume on the host",
+            || {
+                world
+                    .host_links(inst)
+                    .is_ok_and(|l| l.values().any(|m| m == eni_mac))
+                    && world.host_devices(inst).values().any(|s| *s == serial)
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn mac_of(world: &World, eni: &str) -> String {
+    world
+        .ec2
+        .describe_network_interfaces()
+        .network_interface_ids(eni)
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces()[0]
+        .mac_address()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn the_replacement_gets_the_dead_brokers_eni_and_volume() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // As on EC2: attaching and detaching take time, and a terminated instance keeps its
+    // volumes and extra ENIs for a while.
+    delays(&world, 0.5, 0.5, 30.0).await;
+    let cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    let (eni, ip, vol) = cluster.resources_for(&world, 0, "a").await;
+    let mac = mac_of(&world, &eni).await;
+
+    let first = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &first).await.unwrap();
+    let done = cluster.attach(&world, &first).await.unwrap();
+    assert_eq!(done["eni"]["id"], eni.as_str());
+    assert_eq!(done["eni"]["how"], "attached");
+    assert_eq!(done["eni"]["ips"][0], ip.as_str());
+    assert_eq!(done["volume"]["id"], vol.as_str());
+    assert_eq!(done["volume"]["how"], "attached");
+    wait_plugged(&world, &first, &mac, &vol).await;
+
+    world.terminate(&first).await.unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &second).await.unwrap(),
+        (0, "took_over".into())
+    );
+    let done = cluster.attach(&world, &second).await.unwrap();
+    assert_eq!(done["eni"]["id"], eni.as_str());
+    assert_eq!(done["eni"]["how"], "took_over");
+    assert_eq!(
+        done["eni"]["ips"][0],
+        ip.as_str(),
+        "the broker keeps its IP"
+    );
+    assert_eq!(done["volume"]["id"], vol.as_str());
+    assert_eq!(done["volume"]["how"], "took_over");
+    wait_plugged(&world, &second, &mac, &vol).await;
+}
+
+#[tokio::test]
+async fn a_rerun_on_a_finished_node_makes_no_mutating_call() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+    let before = mutations(&world).await;
+    assert_eq!(before, 2, "one ENI attach and one volume attach");
+    let again = cluster.attach(&world, &inst).await.unwrap();
+    assert_eq!(again["eni"]["how"], "already");
+    assert_eq!(again["volume"]["how"], "already");
+    assert_eq!(mutations(&world).await, before);
+}
+
+#[tokio::test]
+async fn an_eni_held_by_a_live_instance_is_never_taken() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    cluster.deadline = 10;
+    let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
+    let squatter = world.launch("a", &[]).await.unwrap();
+    world
+        .ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&squatter)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    let (code, stderr) = cluster.attach(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 6, "{stderr}");
+    assert!(stderr.contains("resource_in_use"), "{stderr}");
+    assert!(stderr.contains(&squatter), "names the holder: {stderr}");
+    let holder = world
+        .ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .send()
+        .await
+        .unwrap()
+        .network_interfaces()[0]
+        .attachment()
+        .and_then(|a| a.instance_id())
+        .map(str::to_string);
+    assert_eq!(holder.as_deref(), Some(squatter.as_str()));
+}
+
+#[tokio::test]
+async fn resources_in_another_az_are_never_touched() {
+    let world = World::create(testbed::shared(), &["a", "b"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, false);
+    let (eni, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    // An instance in AZ b holds id 0 (claimed without per-id resources, say, before the
+    // cluster started keeping them): attaching must not reach across to AZ a.
+    let inst = world.launch("b", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.resources = true;
+    let (code, stderr) = cluster.attach(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 7, "{stderr}");
+    assert!(stderr.contains("resource_not_found"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{eni} in us-east-1a"))
+            || stderr.contains(&format!("{vol} in us-east-1a")),
+        "{stderr}"
+    );
+    let volume = world
+        .ec2
+        .describe_volumes()
+        .volume_ids(&vol)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        volume.volumes()[0].attachments().is_empty(),
+        "the volume in AZ a was touched"
+    );
+    let e = world
+        .ec2
+        .describe_network_interfaces()
+        .network_interface_ids(&eni)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        e.network_interfaces()[0].attachment().is_none(),
+        "the ENI in AZ a was touched"
+    );
+}

@@ -1,0 +1,220 @@
+//! Helpers shared by the step tests: a cluster's agent configuration on a testbed world.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use kafka_agent::claim::{Record, cloudwatch::stream_name};
+use kafka_agent::testbed::{self, World};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Backend {
+    Zk,
+    Cwl,
+}
+
+/// One cluster's agent configuration on a world.
+#[derive(Clone)]
+pub struct Cluster {
+    pub name: String,
+    pub backend: Backend,
+    pub size: u32,
+    pub resources: bool,
+    pub deadline: u32,
+    /// ZooKeeper client ports on this machine (the world exposes them).
+    pub zk_ports: Vec<u16>,
+}
+
+impl Cluster {
+    pub fn new(world: &World, backend: Backend, size: u32, resources: bool) -> Cluster {
+        Cluster {
+            name: format!("{}-{}", world.id, rand::random::<u16>()),
+            backend,
+            size,
+            resources,
+            deadline: 60,
+            zk_ports: testbed::shared().zookeeper.client_ports(),
+        }
+    }
+
+    pub fn chroot(&self) -> String {
+        format!("/{}", self.name)
+    }
+
+    /// Writes the agent's config on the host and returns its path.
+    pub fn config_for(&self, world: &World, inst: &str) -> PathBuf {
+        let host = world.host_dir(inst);
+        let gw = world
+            .aws_endpoint_for(inst)
+            .unwrap()
+            .trim_start_matches("http://")
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
+        let connect: Vec<String> = self.zk_ports.iter().map(|p| format!("{gw}:{p}")).collect();
+        let text = format!(
+            "[cluster]\nname = \"{name}\"\nrole = \"kafka\"\nsize = {size}\n\n\
+             [boot]\ndeadline_seconds = {deadline}\n\n\
+             [paths]\nstate_dir = \"{state}\"\n\n\
+             [claim]\nbackend = \"{backend}\"\n\n\
+             [resources]\neni = {r}\nvolume = {r}\n\n\
+             [zookeeper]\nconnect = \"{connect}{chroot}\"\n",
+            name = self.name,
+            size = self.size,
+            deadline = self.deadline,
+            state = host.join("var/lib/kafka-agent").display(),
+            backend = match self.backend {
+                Backend::Zk => "zookeeper",
+                Backend::Cwl => "cloudwatch-logs",
+            },
+            r = self.resources,
+            connect = connect.join(","),
+            chroot = self.chroot(),
+        );
+        let path = host.join("etc/kafka-agent/agent.toml");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    pub fn command(&self, world: &World, inst: &str, args: &[&str]) -> tokio::process::Command {
+        let config = self.config_for(world, inst);
+        let mut cmd = world
+            .command(inst, env!("CARGO_BIN_EXE_kafka-agent"))
+            .unwrap();
+        cmd.arg("--config").arg(config).args(args);
+        tokio::process::Command::from(cmd)
+    }
+
+    /// Runs `kafka-agent claim --json`; Ok(id, how) or Err(exit code, stderr).
+    pub async fn claim(&self, world: &World, inst: &str) -> Result<(u32, String), (i32, String)> {
+        let out = self
+            .command(world, inst, &["claim", "--json"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err((out.status.code().unwrap_or(-1), stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("claim printed no JSON ({e}): {stderr}"));
+        Ok((
+            v["id"].as_u64().unwrap() as u32,
+            v["how"].as_str().unwrap().to_string(),
+        ))
+    }
+
+    /// Tags an ENI and a volume for `id` in the AZ.
+    /// Returns (ENI id, its IP, volume id).
+    pub async fn resources_for(
+        &self,
+        world: &World,
+        id: u32,
+        az: &str,
+    ) -> (String, String, String) {
+        let id = id.to_string();
+        let tags = [
+            ("kafka-agent:cluster", self.name.as_str()),
+            ("kafka-agent:role", "kafka"),
+            ("kafka-agent:id", id.as_str()),
+        ];
+        let (eni, ip) = world.create_eni(az, &tags).await.unwrap();
+        let vol = world.create_volume(az, 1, &tags).await.unwrap();
+        (eni, ip, vol)
+    }
+
+    /// Runs `kafka-agent attach`; Ok(its JSON) or Err(exit code, stderr).
+    pub async fn attach(
+        &self,
+        world: &World,
+        inst: &str,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        let out = self
+            .command(world, inst, &["attach"])
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if !out.status.success() {
+            return Err((out.status.code().unwrap_or(-1), stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("attach printed no JSON ({e}): {stderr}")))
+    }
+
+    /// A ZooKeeper session on this machine, chrooted to the cluster.
+    pub async fn zk(&self) -> zookeeper_client::Client {
+        let hosts: Vec<String> = self
+            .zk_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let root = zookeeper_client::Client::connect(&hosts.join(","))
+            .await
+            .unwrap();
+        root.mkdir(&self.chroot(), &persistent()).await.unwrap();
+        zookeeper_client::Client::connect(&format!("{}{}", hosts.join(","), self.chroot()))
+            .await
+            .unwrap()
+    }
+
+    /// Writes a claim record for `id` owned by `owner`, as an earlier agent would have.
+    pub async fn seed(&self, id: u32, owner: &str) {
+        let record = Record {
+            owner: owner.into(),
+            az: "us-east-1a".into(),
+            cluster: self.name.clone(),
+            epoch: 0,
+            time: 0,
+        };
+        let body = serde_json::to_string(&record).unwrap();
+        match self.backend {
+            Backend::Zk => {
+                let zk = self.zk().await;
+                let path = format!("/kafka-agent/{}/claims", self.name);
+                zk.mkdir(&path, &persistent()).await.unwrap();
+                zk.create(&format!("{path}/{id}"), body.as_bytes(), &persistent())
+                    .await
+                    .unwrap();
+            }
+            Backend::Cwl => {
+                let logs =
+                    aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+                let group = format!("/kafka-agent/{}", self.name);
+                let _ = logs.create_log_group().log_group_name(&group).send().await;
+                let stream = stream_name(id, 0);
+                logs.create_log_stream()
+                    .log_group_name(&group)
+                    .log_stream_name(&stream)
+                    .send()
+                    .await
+                    .unwrap();
+                logs.put_log_events()
+                    .log_group_name(&group)
+                    .log_stream_name(&stream)
+                    .log_events(
+                        aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                            .timestamp(now_ms())
+                            .message(body)
+                            .build()
+                            .unwrap(),
+                    )
+                    .send()
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+pub fn persistent() -> zookeeper_client::CreateOptions<'static> {
+    zookeeper_client::CreateMode::Persistent.with_acls(zookeeper_client::Acls::anyone_all())
+}
