@@ -472,6 +472,16 @@ async fn converge(
     dry_run: bool,
 ) -> Result<Attached> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), deadline);
+    // An attach or detach in flight usually completes within seconds: poll it closely for a
+    // while (a few calls a second), then fall back to the ordinary backoff.
+    let close_watch = || {
+        Backoff::new(
+            Duration::from_millis(50),
+            Duration::from_millis(150),
+            deadline.min(Instant::now() + Duration::from_secs(5)),
+        )
+    };
+    let mut inflight = close_watch();
     let mut how = "already";
     loop {
         let step = async {
@@ -550,7 +560,7 @@ async fn converge(
         };
         match result {
             Ok(true) => {
-                if !backoff.wait().await {
+                if !inflight.wait().await && !backoff.wait().await {
                     bail!("{resource} is not attached here at the boot deadline ({action:?})");
                 }
             }

@@ -23,12 +23,23 @@ struct Bed<'a> {
 
 impl Bed<'_> {
     fn config(&self, inst: &str, cluster: &str, backend: &str, size: usize) -> Result<PathBuf> {
+        self.config_with(inst, cluster, backend, size, false)
+    }
+
+    fn config_with(
+        &self,
+        inst: &str,
+        cluster: &str,
+        backend: &str,
+        size: usize,
+        resources: bool,
+    ) -> Result<PathBuf> {
         let host = self.world.host_dir(inst);
         let zk = self.world.zookeeper_for(inst)?;
         let text = format!(
             "[cluster]\nname = \"{cluster}\"\nrole = \"kafka\"\nsize = {size}\n\
              [boot]\ndeadline_seconds = 120\n[paths]\nstate_dir = \"{state}\"\n\
-             [claim]\nbackend = \"{backend}\"\n[resources]\neni = false\nvolume = false\n\
+             [claim]\nbackend = \"{backend}\"\n[resources]\neni = {resources}\nvolume = {resources}\n\
              [zookeeper]\nconnect = \"{zk}/{cluster}\"\n",
             state = host.join("var/lib/kafka-agent").display(),
         );
@@ -62,6 +73,109 @@ impl Bed<'_> {
             wall,
         ))
     }
+}
+
+fn agent_path(agent: Option<PathBuf>) -> Result<PathBuf> {
+    let agent = match agent {
+        Some(a) => a,
+        None => std::env::current_exe()?.with_file_name("kafka-agent"),
+    };
+    if !agent.exists() {
+        bail!(
+            "{} does not exist: build it (cargo build --release)",
+            agent.display()
+        );
+    }
+    Ok(agent)
+}
+
+#[tokio::main]
+pub async fn attach(agent: Option<PathBuf>, delay: f64, samples: usize) -> Result<()> {
+    let agent = agent_path(agent)?;
+    let services = Services::start(1)?;
+    let world = World::create(&services, &["a"]).await?;
+    let settings = kafka_agent::testbed::aws::ScopeSettings {
+        attach_delay: Some(delay),
+        detach_delay: Some(delay),
+        ..Default::default()
+    };
+    services.moto.configure(&world.scope, &settings).await?;
+    let bed = Bed {
+        world: &world,
+        agent: agent.clone(),
+    };
+    println!(
+        "attach benchmark: agent {}, attach/detach delay {delay} s, {samples} fresh nodes",
+        agent.display()
+    );
+    let mut phase = Vec::new();
+    let mut calls_before = 0u64;
+    let mut per_run = Vec::new();
+    for i in 0..samples {
+        let cluster = format!("{}-attach-{i}", world.id);
+        let id = "0".to_string();
+        let tags = [
+            ("kafka-agent:cluster", cluster.as_str()),
+            ("kafka-agent:role", "kafka"),
+            ("kafka-agent:id", id.as_str()),
+        ];
+        world.create_eni("a", &tags).await?;
+        world.create_volume("a", 1, &tags).await?;
+        let inst = world.launch("a", &[]).await?;
+        let config = bed.config_with(&inst, &cluster, "cloudwatch-logs", 1, true)?;
+        let run = |step: &'static str| {
+            let mut cmd = world.command(&inst, &agent.to_string_lossy()).unwrap();
+            cmd.arg("--config").arg(&config).arg(step);
+            tokio::process::Command::from(cmd).output()
+        };
+        let out = run("claim").await?;
+        if !out.status.success() {
+            bail!("claim failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let stats = services.moto.stats().await?;
+        let count = |stats: &std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, (u64, f64)>,
+        >| {
+            stats
+                .get(&world.scope)
+                .map(|m| m.values().map(|(n, _)| n).sum::<u64>())
+                .unwrap_or(0)
+        };
+        calls_before = calls_before.max(count(&stats));
+        let out = run("attach").await?;
+        if !out.status.success() {
+            bail!("attach failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        phase.push(Duration::from_millis(
+            v["elapsed_ms"].as_u64().context("no elapsed_ms")?,
+        ));
+        let after = count(&services.moto.stats().await?);
+        per_run.push(after - calls_before);
+        calls_before = after;
+    }
+    phase.sort();
+    let mut stats: Vec<String> = services
+        .moto
+        .stats()
+        .await?
+        .get(&world.scope)
+        .map(|m| m.iter().map(|(a, (n, _))| format!("{a} {n}")).collect())
+        .unwrap_or_default();
+    stats.sort();
+    println!(
+        "attach phase (ENI + volume concurrently): p50 {} max {}; API calls per attach: min {} max {}",
+        ms(percentile(&phase, 0.5)),
+        ms(*phase.last().unwrap()),
+        per_run.iter().min().unwrap(),
+        per_run.iter().max().unwrap(),
+    );
+    println!(
+        "all calls of the world's agents (claim + attach): {}",
+        stats.join(", ")
+    );
+    Ok(())
 }
 
 #[tokio::main]

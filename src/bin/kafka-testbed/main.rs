@@ -46,6 +46,17 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         herds: usize,
     },
+    /// Benchmark the attach step with EC2's attach/detach taking `--delay` seconds: the phase
+    /// time (ENI and volume go concurrently) and the API calls it makes.
+    BenchAttach {
+        /// The kafka-agent binary to run (default: beside this one).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 1.0)]
+        delay: f64,
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+    },
     /// Exit non-zero if any testbed left namespaces, loop devices, mounts or processes.
     Check,
     /// Remove everything testbeds left behind (of dead owners; --all: of every testbed).
@@ -69,6 +80,11 @@ fn main() -> ExitCode {
             samples,
             herds,
         } => bench::claim(agent, agents, samples, herds),
+        Cmd::BenchAttach {
+            agent,
+            delay,
+            samples,
+        } => bench::attach(agent, delay, samples),
         Cmd::Check => {
             let left = cleanup::leftovers(&testbed::root());
             if left.is_empty() {
