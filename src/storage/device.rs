@@ -1,0 +1,168 @@
+//! Finding a volume's block device: by its NVMe serial (the volume id without its dash) under
+//! sysfs, which is trustworthy where /dev/disk/by-id links can be stale; on instances without
+//! NVMe, by the requested device name with its xvd/sd aliasing. Never the root device, never
+//! a device whose serial names another volume.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// A block device as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Kernel name, e.g. `nvme1n1`.
+    pub name: String,
+    /// The node to open, under the dev root.
+    pub path: PathBuf,
+    /// `major:minor`.
+    pub dev: String,
+    /// The NVMe serial, if any.
+    pub serial: Option<String>,
+}
+
+/// The serial an EBS volume shows over NVMe: `vol-0abc` -> `vol0abc`.
+pub fn ebs_serial(volume_id: &str) -> String {
+    volume_id.replacen('-', "", 1)
+}
+
+/// Every whole block device under `<sys>/block`.
+pub fn list(sys: &Path, dev: &Path) -> Result<Vec<Device>> {
+    let block = sys.join("block");
+    let mut out = Vec::new();
+    let entries =
+        std::fs::read_dir(&block).with_context(|| format!("listing {}", block.display()))?;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let read = |p: &str| {
+            std::fs::read_to_string(e.path().join(p))
+                .ok()
+                .map(|s| s.trim().to_string())
+        };
+        out.push(Device {
+            path: dev.join(&name),
+            dev: read("dev").unwrap_or_default(),
+            serial: read("device/serial").filter(|s| !s.is_empty()),
+            name,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The names a requested EBS device name may appear under without NVMe.
+pub fn aliases(requested: &str) -> Vec<String> {
+    let base = requested.trim_start_matches("/dev/");
+    let suffix = base
+        .strip_prefix("xvd")
+        .or_else(|| base.strip_prefix("sd"))
+        .unwrap_or(base);
+    vec![format!("xvd{suffix}"), format!("sd{suffix}")]
+}
+
+/// The volume's device, or None when it is not there (yet).
+///
+/// `root` is the `major:minor` of the device holding `/` (and so never a candidate).
+pub fn find(
+    devices: &[Device],
+    volume_id: &str,
+    requested: &str,
+    root: Option<&str>,
+) -> Result<Option<Device>> {
+    let serial = ebs_serial(volume_id);
+    let usable = |d: &&Device| root.is_none_or(|r| d.dev != r);
+    if let Some(d) = devices
+        .iter()
+        .filter(usable)
+        .find(|d| d.serial.as_deref() == Some(serial.as_str()))
+    {
+        return Ok(Some(d.clone()));
+    }
+    let names = aliases(requested);
+    match devices
+        .iter()
+        .filter(usable)
+        .find(|d| names.contains(&d.name))
+    {
+        Some(d) => match &d.serial {
+            Some(other) if other.starts_with("vol") => bail!(
+                "{} ({requested}) carries serial {other}, another volume than {volume_id}: refusing it",
+                d.path.display()
+            ),
+            _ => Ok(Some(d.clone())),
+        },
+        None => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev(name: &str, mm: &str, serial: Option<&str>) -> Device {
+        Device {
+            name: name.into(),
+            path: PathBuf::from("/dev").join(name),
+            dev: mm.into(),
+            serial: serial.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn nvme_serial_wins_over_names() {
+        let devs = [
+            dev("nvme0n1", "259:0", Some("vol0root")),
+            dev("nvme1n1", "259:1", Some("vol0other")),
+            dev("nvme2n1", "259:2", Some("vol0abc")),
+        ];
+        let d = find(&devs, "vol-0abc", "/dev/xvdf", Some("259:0"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.name, "nvme2n1");
+        assert_eq!(
+            find(&devs, "vol-0zzz", "/dev/xvdf", Some("259:0")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn never_the_root_device() {
+        let devs = [dev("nvme0n1", "259:0", Some("vol0abc"))];
+        assert_eq!(
+            find(&devs, "vol-0abc", "/dev/xvdf", Some("259:0")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn xen_names_alias_and_foreign_serials_are_refused() {
+        let devs = [dev("xvda", "202:0", None), dev("xvdf", "202:80", None)];
+        assert_eq!(
+            find(&devs, "vol-0abc", "/dev/sdf", Some("202:0"))
+                .unwrap()
+                .unwrap()
+                .name,
+            "xvdf"
+        );
+        let devs = [dev("xvdf", "202:80", Some("vol0other"))];
+        assert!(find(&devs, "vol-0abc", "/dev/sdf", None).is_err());
+    }
+
+    #[test]
+    fn lists_a_sysfs_tree() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("block/nvme1n1");
+        std::fs::create_dir_all(d.join("device")).unwrap();
+        std::fs::write(d.join("dev"), "7:3\n").unwrap();
+        std::fs::write(d.join("device/serial"), "vol0abc  \n").unwrap();
+        let devs = list(t.path(), Path::new("/x/dev")).unwrap();
+        assert_eq!(
+            devs,
+            [Device {
+                name: "nvme1n1".into(),
+                path: "/x/dev/nvme1n1".into(),
+                dev: "7:3".into(),
+                serial: Some("vol0abc".into())
+            }]
+        );
+    }
+}
