@@ -41,6 +41,9 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Mount the attached volume at the data directory, formatting only a volume tagged new
+    /// and checking the data belongs to this id (step 2, storage); prints what it did.
+    Mount,
     /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
     Config {
         /// Also list the files read, in the order they apply.
@@ -77,6 +80,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             let clients = crate::aws::Clients::from_env().await;
             let me = crate::identity::Identity::from_imds().await?;
             let done = crate::attach::run(&settings, &clients, &me, dry_run).await?;
+            println!("{}", serde_json::to_string(&done)?);
+            Ok(())
+        }
+        Command::Mount => {
+            let settings = config::load(&cli.config)?;
+            let clients = crate::aws::Clients::from_env().await;
+            let done = crate::storage::mount::run_step(&settings, &clients).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }

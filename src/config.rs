@@ -57,6 +57,7 @@ pub struct Settings {
     pub paths: Paths,
     pub claim: ClaimSettings,
     pub resources: Resources,
+    pub storage: Storage,
     pub tags: Tags,
     pub zookeeper: Option<Zookeeper>,
 }
@@ -88,6 +89,21 @@ pub struct Resources {
     /// The device name the volume is attached under (Nitro instances ignore it; the NVMe
     /// serial identifies the volume).
     pub volume_device: String,
+}
+
+/// Where and how the volume is mounted.
+#[derive(Debug, Clone, Serialize)]
+pub struct Storage {
+    pub data_dir: PathBuf,
+    pub filesystem: String,
+    pub fstab: PathBuf,
+    /// Roots the block devices are read from (tests point them at a prepared tree).
+    pub sysfs_root: PathBuf,
+    pub dev_root: PathBuf,
+    /// Volume tag saying whether the volume is `new` (may be formatted) or `formatted`.
+    pub state_tag: String,
+    /// The Kafka cluster.id the data must carry, when known.
+    pub cluster_id: Option<String>,
 }
 
 /// The tag contract shared by ENIs, volumes, instances and the CloudFormation template.
@@ -187,7 +203,21 @@ struct Raw {
     resources: RawResources,
     #[serde(default)]
     tags: RawTags,
+    #[serde(default)]
+    storage: RawStorage,
     zookeeper: Option<RawZookeeper>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    data_dir: Option<PathBuf>,
+    filesystem: Option<String>,
+    fstab: Option<PathBuf>,
+    sysfs_root: Option<PathBuf>,
+    dev_root: Option<PathBuf>,
+    state_tag: Option<String>,
+    cluster_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -560,7 +590,40 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             ),
         ));
     }
+    let st = raw.storage;
+    let filesystem = st.filesystem.unwrap_or_else(|| "xfs".into());
+    if filesystem != "xfs" && filesystem != "ext4" {
+        return Err(err(
+            "storage.filesystem",
+            format!("{filesystem:?} is not supported; expected \"xfs\" or \"ext4\""),
+        ));
+    }
+    let storage = Storage {
+        data_dir: st
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/kafka")),
+        filesystem,
+        fstab: st.fstab.unwrap_or_else(|| PathBuf::from("/etc/fstab")),
+        sysfs_root: st.sysfs_root.unwrap_or_else(|| PathBuf::from("/sys")),
+        dev_root: st.dev_root.unwrap_or_else(|| PathBuf::from("/dev")),
+        state_tag: st.state_tag.unwrap_or_else(|| "kafka-agent:volume".into()),
+        cluster_id: st.cluster_id,
+    };
+    for (key, path) in [
+        ("storage.data_dir", &storage.data_dir),
+        ("storage.fstab", &storage.fstab),
+        ("storage.sysfs_root", &storage.sysfs_root),
+        ("storage.dev_root", &storage.dev_root),
+    ] {
+        if !path.is_absolute() {
+            return Err(err(
+                key,
+                format!("{} is relative; expected an absolute path", path.display()),
+            ));
+        }
+    }
     Ok(Settings {
+        storage,
         claim: ClaimSettings {
             backend,
             path: claim_path,

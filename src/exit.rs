@@ -20,6 +20,10 @@ pub const RESOURCE_IN_USE: i32 = 6;
 /// The id's ENI or volume is missing or ambiguous in this AZ (`resource_not_found`).
 pub const RESOURCE_NOT_FOUND: i32 = 7;
 
+/// A blank volume not tagged new, or data of another node or cluster (`blank_volume_not_new`,
+/// `identity_mismatch`): nothing was formatted, mounted or written.
+pub const UNSAFE_DATA: i32 = 8;
+
 /// Maps an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
     use crate::claim::ClaimError;
@@ -31,6 +35,9 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
             Some(ClaimError::NoEligibleId { .. }) => return NO_ELIGIBLE_ID,
             Some(ClaimError::Unreachable { .. }) => return UNREACHABLE,
             None => {}
+        }
+        if e.is::<crate::storage::mount::StorageError>() {
+            return UNSAFE_DATA;
         }
         match e.downcast_ref::<crate::attach::AttachError>() {
             Some(crate::attach::AttachError::InUse { .. }) => return RESOURCE_IN_USE,
@@ -52,6 +59,9 @@ pub fn kind_for(err: &anyhow::Error) -> &'static str {
         }
         if let Some(a) = e.downcast_ref::<crate::attach::AttachError>() {
             return a.kind();
+        }
+        if let Some(s) = e.downcast_ref::<crate::storage::mount::StorageError>() {
+            return s.kind();
         }
     }
     "failure"

@@ -201,3 +201,107 @@ async fn resources_in_another_az_are_never_touched() {
         "the ENI in AZ a was touched"
     );
 }
+
+fn data(world: &World, inst: &str) -> std::path::PathBuf {
+    world.host_dir(inst).join("var/lib/kafka")
+}
+
+#[tokio::test]
+async fn the_replacement_mounts_the_same_data_and_a_rerun_changes_nothing() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    delays(&world, 0.3, 0.3, 5.0).await;
+    let cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    let first = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &first).await.unwrap();
+    cluster.attach(&world, &first).await.unwrap();
+    let m = cluster.mount(&world, &first).await.unwrap();
+    assert_eq!(m["how"], "formatted_and_mounted");
+    std::fs::write(
+        data(&world, &first).join("meta.properties"),
+        "broker.id=0\n",
+    )
+    .unwrap();
+    std::fs::write(data(&world, &first).join("segment.log"), "precious").unwrap();
+    let again = cluster.mount(&world, &first).await.unwrap();
+    assert_eq!(again["how"], "already");
+
+    world.terminate(&first).await.unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &second).await.unwrap();
+    cluster.attach(&world, &second).await.unwrap();
+    let m = cluster.mount(&world, &second).await.unwrap();
+    assert_eq!(m["volume"], vol.as_str());
+    assert_eq!(
+        m["how"], "mounted",
+        "an existing filesystem is never formatted"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data(&world, &second).join("segment.log")).unwrap(),
+        "precious"
+    );
+    cluster.mount(&world, &second).await.unwrap();
+    let fstab = std::fs::read_to_string(world.host_dir(&second).join("etc/fstab")).unwrap();
+    assert_eq!(fstab.lines().count(), 1, "{fstab}");
+    assert!(fstab.contains("nofail"), "{fstab}");
+}
+
+#[tokio::test]
+async fn a_blank_volume_tagged_formatted_is_refused_and_left_blank() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    world
+        .ec2
+        .create_tags()
+        .resources(&vol)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("kafka-agent:volume")
+                .value("formatted")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+    let (code, stderr) = cluster.mount(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(stderr.contains("blank_volume_not_new"), "{stderr}");
+    let dev = world.host_dir(&inst).join("dev/nvme1n1");
+    let probe = kafka_agent::storage::mount::probe(&dev).unwrap();
+    assert_eq!(probe, None, "the volume was written to");
+}
+
+#[tokio::test]
+async fn another_nodes_data_is_refused_and_left_untouched() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+    cluster.mount(&world, &inst).await.unwrap();
+    let meta = "node.id=2\ncluster.id=other\n";
+    std::fs::write(data(&world, &inst).join("meta.properties"), meta).unwrap();
+    nix::mount::umount(&data(&world, &inst)).unwrap();
+    std::fs::remove_file(world.host_dir(&inst).join("etc/fstab")).unwrap();
+
+    let (code, stderr) = cluster.mount(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(stderr.contains("identity_mismatch"), "{stderr}");
+    assert!(
+        stderr.contains("holds node 2 of cluster other, expected node 0"),
+        "{stderr}"
+    );
+    assert!(
+        !world.host_dir(&inst).join("etc/fstab").exists(),
+        "fstab was written"
+    );
+    assert!(
+        !data(&world, &inst).join("meta.properties").exists(),
+        "left mounted"
+    );
+}

@@ -3,3 +3,4 @@
 
 pub mod device;
 pub mod identity;
+pub mod mount;

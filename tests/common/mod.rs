@@ -58,7 +58,10 @@ impl Cluster {
              [paths]\nstate_dir = \"{state}\"\n\n\
              [claim]\nbackend = \"{backend}\"\n\n\
              [resources]\neni = {r}\nvolume = {r}\n\n\
+             [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
+             sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
              [zookeeper]\nconnect = \"{connect}{chroot}\"\n",
+            host = host.display(),
             name = self.name,
             size = self.size,
             deadline = self.deadline,
@@ -120,7 +123,9 @@ impl Cluster {
             ("kafka-agent:id", id.as_str()),
         ];
         let (eni, ip) = world.create_eni(az, &tags).await.unwrap();
-        let vol = world.create_volume(az, 1, &tags).await.unwrap();
+        let mut vol_tags = tags.to_vec();
+        vol_tags.push(("kafka-agent:volume", "new"));
+        let vol = world.create_volume(az, 1, &vol_tags).await.unwrap();
         (eni, ip, vol)
     }
 
@@ -130,17 +135,31 @@ impl Cluster {
         world: &World,
         inst: &str,
     ) -> Result<serde_json::Value, (i32, String)> {
-        let out = self
-            .command(world, inst, &["attach"])
-            .output()
-            .await
-            .unwrap();
+        self.step(world, inst, "attach").await
+    }
+
+    /// Runs `kafka-agent mount`; Ok(its JSON) or Err(exit code, stderr).
+    pub async fn mount(
+        &self,
+        world: &World,
+        inst: &str,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        self.step(world, inst, "mount").await
+    }
+
+    async fn step(
+        &self,
+        world: &World,
+        inst: &str,
+        step: &str,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        let out = self.command(world, inst, &[step]).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             return Err((out.status.code().unwrap_or(-1), stderr));
         }
         Ok(serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("attach printed no JSON ({e}): {stderr}")))
+            .unwrap_or_else(|e| panic!("{step} printed no JSON ({e}): {stderr}")))
     }
 
     /// A ZooKeeper session on this machine, chrooted to the cluster.

@@ -1,0 +1,301 @@
+//! Mounting the id's volume at the data directory, safely:
+//!
+//! * the device is the one whose NVMe serial names the volume (never root, never another's);
+//! * a device with a filesystem is mounted as it is; a blank one is formatted only when the
+//!   volume is tagged `new`, and is then re-tagged `formatted`; a blank device on a volume
+//!   tagged otherwise is refused (that is data loss, not a new disk);
+//! * the data must belong to this id (and cluster) before the mount is persisted: otherwise
+//!   the volume is unmounted again and the step refuses, having written nothing;
+//! * fstab gets exactly one line for the data directory (by UUID, with `nofail`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::{device, identity};
+use crate::aws::Clients;
+use crate::claim::aws_error;
+use crate::config::{Role, Settings};
+
+/// Storage failures a caller branches on.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("{0}")]
+    BlankNotNew(String),
+    #[error("{0}")]
+    IdentityMismatch(String),
+}
+
+impl StorageError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StorageError::BlankNotNew(_) => "blank_volume_not_new",
+            StorageError::IdentityMismatch(_) => "identity_mismatch",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Mounted {
+    pub volume: String,
+    pub device: String,
+    pub data_dir: String,
+    /// mounted | already | formatted_and_mounted
+    pub how: String,
+}
+
+fn run(program: &str, args: &[&str]) -> Result<std::process::Output> {
+    Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))
+}
+
+/// The filesystem type and UUID on `dev`, or None for a blank device.
+pub fn probe(dev: &Path) -> Result<Option<(String, String)>> {
+    let out = run("blkid", &["-p", "-o", "export", &dev.to_string_lossy()])?;
+    match out.status.code() {
+        Some(0) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let props = identity::properties(&text);
+            match props.get("TYPE") {
+                Some(t) => Ok(Some((
+                    t.clone(),
+                    props.get("UUID").cloned().unwrap_or_default(),
+                ))),
+                // Something is there (a partition table, say) but no filesystem: not blank.
+                None => bail!(
+                    "{} holds data blkid cannot name as a filesystem: refusing it",
+                    dev.display()
+                ),
+            }
+        }
+        Some(2) => Ok(None),
+        _ => bail!(
+            "blkid {} failed: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
+
+/// `(major:minor, mount point)` of every mount.
+fn mounts() -> Vec<(String, String)> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            Some((f.get(2)?.to_string(), f.get(4)?.replace("\\040", " ")))
+        })
+        .collect()
+}
+
+async fn volume_state(
+    clients: &Clients,
+    settings: &Settings,
+    volume: &str,
+) -> Result<Option<String>> {
+    let out = clients
+        .ec2
+        .describe_volumes()
+        .volume_ids(volume)
+        .send()
+        .await
+        .map_err(|e| aws_error(e, &format!("describing {volume}")))?;
+    Ok(out.volumes().first().and_then(|v| {
+        v.tags()
+            .iter()
+            .find(|t| t.key() == Some(settings.storage.state_tag.as_str()))
+            .and_then(|t| t.value().map(str::to_string))
+    }))
+}
+
+/// The fstab text with exactly one line for `mount_point`.
+pub fn fstab_with(current: &str, line: &str, mount_point: &str) -> String {
+    let mut out: Vec<&str> = current
+        .lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            l.trim_start().starts_with('#') || f.get(1) != Some(&mount_point)
+        })
+        .collect();
+    out.push(line);
+    let mut text = out.join("\n");
+    text.push('\n');
+    text
+}
+
+/// Runs the storage step for the attached volume.
+pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted> {
+    let st = &settings.storage;
+    let path = settings.paths.state_dir.join("attach.json");
+    let attached: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {} (run `kafka-agent attach` first)",
+                path.display()
+            )
+        })?)?;
+    let volume = attached["volume"]["id"]
+        .as_str()
+        .context("the attach journal names no volume")?
+        .to_string();
+    let id = attached["broker_id"]
+        .as_u64()
+        .context("the attach journal names no id")? as u32;
+
+    // The device: wait for it to appear.
+    let root = mounts().into_iter().find(|(_, m)| m == "/").map(|(d, _)| d);
+    let deadline = Instant::now() + settings.boot.deadline;
+    let mut backoff =
+        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1), deadline);
+    let dev = loop {
+        let devices = device::list(&st.sysfs_root, &st.dev_root)?;
+        if let Some(d) = device::find(
+            &devices,
+            &volume,
+            &settings.resources.volume_device,
+            root.as_deref(),
+        )? {
+            if d.path.exists() {
+                break d;
+            }
+        }
+        if !backoff.wait().await {
+            bail!(
+                "{volume} did not appear as a block device under {}",
+                st.sysfs_root.display()
+            );
+        }
+    };
+
+    let mut how = "mounted";
+    let (fs, uuid) = match probe(&dev.path)? {
+        Some(found) => found,
+        None => {
+            let state = volume_state(clients, settings, &volume).await?;
+            if state.as_deref() != Some("new") {
+                return Err(StorageError::BlankNotNew(format!(
+                    "{volume} ({}) is blank but tagged {}={}: that is lost data, not a new disk; refusing to format it",
+                    dev.path.display(),
+                    st.state_tag,
+                    state.as_deref().unwrap_or("<missing>")
+                ))
+                .into());
+            }
+            tracing::info!(volume, device = %dev.path.display(), fs = %st.filesystem, "formatting a new volume");
+            let out = run(
+                &format!("mkfs.{}", st.filesystem),
+                &["-q", &dev.path.to_string_lossy()],
+            )?;
+            if !out.status.success() {
+                bail!(
+                    "mkfs.{} {} failed: {}",
+                    st.filesystem,
+                    dev.path.display(),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            let tag = aws_sdk_ec2::types::Tag::builder()
+                .key(&st.state_tag)
+                .value("formatted")
+                .build();
+            clients
+                .ec2
+                .create_tags()
+                .resources(&volume)
+                .tags(tag)
+                .send()
+                .await
+                .map_err(|e| aws_error(e, &format!("tagging {volume} formatted")))?;
+            how = "formatted_and_mounted";
+            probe(&dev.path)?.context("no filesystem after mkfs")?
+        }
+    };
+
+    let data_dir = st.data_dir.to_string_lossy().into_owned();
+    let already = mounts()
+        .iter()
+        .any(|(d, m)| *d == dev.dev && *m == data_dir);
+    if already {
+        how = "already";
+    } else {
+        std::fs::create_dir_all(&st.data_dir).with_context(|| format!("creating {data_dir}"))?;
+        nix::mount::mount(
+            Some(&dev.path),
+            &st.data_dir,
+            Some(fs.as_str()),
+            nix::mount::MsFlags::MS_NOATIME,
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting {} at {data_dir}", dev.path.display()))?;
+    }
+
+    // The identity gate, before anything is persisted.
+    let found = match settings.cluster.role {
+        Role::Kafka => std::fs::read_to_string(st.data_dir.join("meta.properties"))
+            .ok()
+            .map(|t| identity::kafka(&t)),
+        Role::Zookeeper => std::fs::read_to_string(st.data_dir.join("myid"))
+            .ok()
+            .map(|t| identity::Found {
+                node_id: t.trim().parse().ok(),
+                cluster_id: None,
+            }),
+    };
+    if let Some(found) = found
+        && let Some(why) = identity::mismatch(&volume, &found, id, st.cluster_id.as_deref())
+    {
+        if !already {
+            let _ = nix::mount::umount(&st.data_dir);
+        }
+        return Err(StorageError::IdentityMismatch(why).into());
+    }
+
+    let line = format!("UUID={uuid} {data_dir} {fs} defaults,noatime,nofail 0 2");
+    let current = std::fs::read_to_string(&st.fstab).unwrap_or_default();
+    crate::journal::write_atomic(&st.fstab, fstab_with(&current, &line, &data_dir).as_bytes())
+        .with_context(|| format!("writing {}", st.fstab.display()))?;
+    let out = Mounted {
+        volume,
+        device: dev.path.to_string_lossy().into_owned(),
+        data_dir,
+        how: how.into(),
+    };
+    let mut body = serde_json::to_vec_pretty(&out)?;
+    body.push(b'\n');
+    crate::journal::write_atomic(&settings.paths.state_dir.join("storage.json"), &body)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_keeps_one_line_per_mount_point() {
+        let cur =
+            "# static\nUUID=a / ext4 defaults 0 1\nUUID=old /var/lib/kafka xfs defaults 0 2\n";
+        let new = fstab_with(
+            cur,
+            "UUID=b /var/lib/kafka xfs defaults,noatime,nofail 0 2",
+            "/var/lib/kafka",
+        );
+        assert_eq!(
+            new,
+            "# static\nUUID=a / ext4 defaults 0 1\nUUID=b /var/lib/kafka xfs defaults,noatime,nofail 0 2\n"
+        );
+        assert_eq!(
+            fstab_with(
+                &new,
+                "UUID=b /var/lib/kafka xfs defaults,noatime,nofail 0 2",
+                "/var/lib/kafka"
+            ),
+            new
+        );
+    }
+}
