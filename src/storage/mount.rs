@@ -155,15 +155,14 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
         crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1), deadline);
     let dev = loop {
         let devices = device::list(&st.sysfs_root, &st.dev_root)?;
-        if let Some(d) = device::find(
+        let found = device::find(
             &devices,
             &volume,
             &settings.resources.volume_device,
             root.as_deref(),
-        )? {
-            if d.path.exists() {
-                break d;
-            }
+        )?;
+        if let Some(d) = found.filter(|d| d.path.exists()) {
+            break d;
         }
         if !backoff.wait().await {
             bail!(
