@@ -44,6 +44,8 @@ pub enum Command {
     /// Mount the attached volume at the data directory, formatting only a volume tagged new
     /// and checking the data belongs to this id (step 2, storage); prints what it did.
     Mount,
+    /// Route the attached ENI: address, table 10000+device-number, rules (step 3).
+    Route,
     /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
     Config {
         /// Also list the files read, in the order they apply.
@@ -87,6 +89,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             let settings = config::load(&cli.config)?;
             let clients = crate::aws::Clients::from_env().await;
             let done = crate::storage::mount::run_step(&settings, &clients).await?;
+            println!("{}", serde_json::to_string(&done)?);
+            Ok(())
+        }
+        Command::Route => {
+            let settings = config::load(&cli.config)?;
+            let done = crate::network::run_step(&settings).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }

@@ -22,6 +22,7 @@ pub mod config;
 pub mod exit;
 pub mod identity;
 pub mod journal;
+pub mod network;
 pub mod storage;
 
 #[cfg(feature = "testbed")]

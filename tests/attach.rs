@@ -305,3 +305,71 @@ async fn another_nodes_data_is_refused_and_left_untouched() {
         "left mounted"
     );
 }
+
+#[tokio::test]
+async fn routed_enis_reach_each_other_and_rerouting_adds_nothing() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 2, true);
+    let mut nodes = Vec::new();
+    for id in 0..2 {
+        let (_, ip, _) = cluster.resources_for(&world, id, "a").await;
+        let inst = world.launch("a", &[]).await.unwrap();
+        assert_eq!(cluster.claim(&world, &inst).await.unwrap().0, id);
+        cluster.attach(&world, &inst).await.unwrap();
+        let r = cluster.route(&world, &inst).await.unwrap();
+        assert_eq!(r["routing"]["table"], 10001);
+        assert_eq!(r["rules_added"], 1);
+        nodes.push((inst, ip));
+    }
+    let (a, a_ip) = nodes[0].clone();
+    let (b, b_ip) = nodes[1].clone();
+    let ns = world.netns(&a);
+    let rules = testbed::netns::ip_in(&ns, &["rule", "show"]).unwrap();
+    assert_eq!(
+        rules.matches(&format!("from {a_ip} lookup 10001")).count(),
+        1,
+        "{rules}"
+    );
+    let table = testbed::netns::ip_in(&ns, &["route", "show", "table", "10001"]).unwrap();
+    assert!(table.contains("default via 10.0.1.1 dev ens6"), "{table}");
+    // The primary interface is untouched: its address and the main default route remain.
+    let main = testbed::netns::ip_in(&ns, &["route", "show", "default"]).unwrap();
+    assert!(main.contains("dev ens5"), "{main}");
+
+    let again = cluster.route(&world, &a).await.unwrap();
+    assert_eq!(
+        (
+            again["rules_added"].as_u64(),
+            again["rules_removed"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    let rules = testbed::netns::ip_in(&ns, &["rule", "show"]).unwrap();
+    assert_eq!(
+        rules.matches(&format!("from {a_ip} lookup 10001")).count(),
+        1,
+        "{rules}"
+    );
+
+    let bind = format!("{b_ip}:7002");
+    let listener =
+        testbed::netns::in_netns(&world.netns(&b), move || std::net::TcpListener::bind(bind))
+            .unwrap()
+            .unwrap();
+    let (src, dst) = (a_ip.clone(), b_ip.clone());
+    world
+        .on_host(&a, async move {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+            let mut c = s
+                .connect(format!("{dst}:7002").parse().unwrap())
+                .await
+                .unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut c, b"hi")
+                .await
+                .unwrap();
+        })
+        .unwrap();
+    let (_, peer) = listener.accept().unwrap();
+    assert_eq!(peer.ip().to_string(), a_ip);
+}

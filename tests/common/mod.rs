@@ -138,6 +138,15 @@ impl Cluster {
         self.step(world, inst, "attach").await
     }
 
+    /// Runs `kafka-agent route`; Ok(its JSON) or Err(exit code, stderr).
+    pub async fn route(
+        &self,
+        world: &World,
+        inst: &str,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        self.step(world, inst, "route").await
+    }
+
     /// Runs `kafka-agent mount`; Ok(its JSON) or Err(exit code, stderr).
     pub async fn mount(
         &self,
