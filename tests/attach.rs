@@ -373,3 +373,55 @@ async fn routed_enis_reach_each_other_and_rerouting_adds_nothing() {
     let (_, peer) = listener.accept().unwrap();
     assert_eq!(peer.ip().to_string(), a_ip);
 }
+
+/// Starts a step and SIGKILLs it after `after`.
+async fn killed(cluster: &Cluster, world: &World, inst: &str, step: &str, after: Duration) {
+    let mut child = cluster.command(world, inst, &[step]).spawn().unwrap();
+    tokio::time::sleep(after).await;
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
+
+#[tokio::test]
+async fn killed_at_any_point_a_rerun_converges() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    delays(&world, 0.5, 0.5, 0.0).await;
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, ip, _) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    // Killed while the attachments are in flight, then again closer to their end.
+    for ms in [150, 400, 700] {
+        killed(&cluster, &world, &inst, "attach", Duration::from_millis(ms)).await;
+    }
+    cluster.attach(&world, &inst).await.unwrap();
+    for ms in [20, 60, 120] {
+        killed(&cluster, &world, &inst, "mount", Duration::from_millis(ms)).await;
+    }
+    cluster.mount(&world, &inst).await.unwrap();
+    for ms in [2, 10, 30] {
+        killed(&cluster, &world, &inst, "route", Duration::from_millis(ms)).await;
+    }
+    cluster.route(&world, &inst).await.unwrap();
+    // And a full rerun on the finished node.
+    cluster.attach(&world, &inst).await.unwrap();
+    let m = cluster.mount(&world, &inst).await.unwrap();
+    assert_eq!(m["how"], "already");
+    cluster.route(&world, &inst).await.unwrap();
+
+    let target = data(&world, &inst).to_string_lossy().into_owned();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = mountinfo
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
+        .count();
+    assert_eq!(mounts, 1, "one mount of the data dir");
+    let fstab = std::fs::read_to_string(world.host_dir(&inst).join("etc/fstab")).unwrap();
+    assert_eq!(fstab.lines().count(), 1, "{fstab}");
+    let rules = testbed::netns::ip_in(&world.netns(&inst), &["rule", "show"]).unwrap();
+    assert_eq!(
+        rules.matches(&format!("from {ip} lookup 10001")).count(),
+        1,
+        "{rules}"
+    );
+}
