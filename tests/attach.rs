@@ -359,12 +359,21 @@ async fn routed_enis_reach_each_other_and_rerouting_adds_nothing() {
     let (src, dst) = (a_ip.clone(), b_ip.clone());
     world
         .on_host(&a, async move {
-            let s = tokio::net::TcpSocket::new_v4().unwrap();
-            s.bind(format!("{src}:0").parse().unwrap()).unwrap();
-            let mut c = s
-                .connect(format!("{dst}:7002").parse().unwrap())
-                .await
-                .unwrap();
+            // Neighbour resolution on a freshly plugged link can fail once: a few tries.
+            let mut tries = 0;
+            let mut c = loop {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+                match s.connect(format!("{dst}:7002").parse().unwrap()).await {
+                    Ok(c) => break c,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        eprintln!("connect from {src} to {dst}: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => panic!("{src} cannot reach {dst}: {e}"),
+                }
+            };
             tokio::io::AsyncWriteExt::write_all(&mut c, b"hi")
                 .await
                 .unwrap();
@@ -424,4 +433,38 @@ async fn killed_at_any_point_a_rerun_converges() {
         1,
         "{rules}"
     );
+}
+
+#[tokio::test]
+async fn a_grown_volume_gets_a_grown_filesystem() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+    cluster.mount(&world, &inst).await.unwrap();
+    let size = |p: &std::path::Path| {
+        let s = nix::sys::statvfs::statvfs(p).unwrap();
+        s.blocks() as u64 * s.fragment_size() as u64
+    };
+    let before = size(&data(&world, &inst));
+    world
+        .ec2
+        .modify_volume()
+        .volume_id(&vol)
+        .size(2)
+        .send()
+        .await
+        .unwrap();
+    let sys = world.host_dir(&inst).join("sys/block/nvme1n1/size");
+    world
+        .wait_until(Duration::from_secs(10), "the device to grow", || {
+            std::fs::read_to_string(&sys).is_ok_and(|s| s.trim() == (2u64 << 30 >> 9).to_string())
+        })
+        .await
+        .unwrap();
+    cluster.mount(&world, &inst).await.unwrap();
+    let after = size(&data(&world, &inst));
+    assert!(after > before + (800 << 20), "{before} -> {after}");
 }

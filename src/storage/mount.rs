@@ -234,6 +234,21 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
         .with_context(|| format!("mounting {} at {data_dir}", dev.path.display()))?;
     }
 
+    // A volume grown since it was formatted: grow the filesystem (a no-op when it fills the
+    // device already).
+    let grow = match fs.as_str() {
+        "xfs" => run("xfs_growfs", &["-d", &data_dir])?,
+        "ext4" => run("resize2fs", &[&dev.path.to_string_lossy()])?,
+        _ => run("true", &[])?,
+    };
+    if !grow.status.success() {
+        bail!(
+            "growing the filesystem on {} failed: {}",
+            dev.path.display(),
+            String::from_utf8_lossy(&grow.stderr).trim()
+        );
+    }
+
     // The identity gate, before anything is persisted.
     let found = match settings.cluster.role {
         Role::Kafka => std::fs::read_to_string(st.data_dir.join("meta.properties"))

@@ -79,6 +79,8 @@ struct PluggedVolume {
     instance_id: String,
     loop_dev: Option<String>,
     node: String,
+    /// GiB as plugged; a ModifyVolume that grows the volume grows the device.
+    size: u64,
 }
 
 /// Static facts the hypervisor needs besides the EC2 state.
@@ -653,7 +655,35 @@ fn reconcile(
                 .is_some_and(|i| i.root_device_name == vol.attachment.as_ref().unwrap().device);
             plug_volume(l, p, vol, root).with_context(|| format!("plugging {id}"))?;
         }
+        grow_volume(l, p, vol).with_context(|| format!("growing {id}"))?;
     }
+    Ok(())
+}
+
+/// A volume modified to a larger size: grow its image and tell the loop device.
+fn grow_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo) -> Result<()> {
+    let Some(pv) = p.volumes.get_mut(&vol.id) else {
+        return Ok(());
+    };
+    let Some(dev) = pv.loop_dev.clone() else {
+        return Ok(());
+    };
+    if vol.size <= pv.size {
+        return Ok(());
+    }
+    let image = l.dir.join("volumes").join(format!("{}.img", vol.id));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)?
+        .set_len(vol.size * 1024 * 1024 * 1024)?;
+    run("losetup", &["-c", &dev])?;
+    let host_dir = p.hosts[&pv.instance_id].dir.clone();
+    let sectors = vol.size * 1024 * 1024 * 1024 / 512;
+    std::fs::write(
+        host_dir.join("sys/block").join(&pv.node).join("size"),
+        format!("{sectors}\n"),
+    )?;
+    pv.size = vol.size;
     Ok(())
 }
 
@@ -820,6 +850,7 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
             instance_id: a.instance_id.clone(),
             loop_dev,
             node,
+            size: vol.size,
         },
     );
     Ok(())
