@@ -357,6 +357,26 @@ fn is_race(code: Option<&str>) -> bool {
     )
 }
 
+/// A mutating call's outcome: done, or refused because someone moved first (then the caller
+/// looks again), or failed.
+fn tolerate_race<T, E, R>(
+    result: std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>,
+    doing: &str,
+) -> Result<()>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_race(e.code()) => {
+            tracing::info!(error = %aws_error(e, doing), "refused; looking again");
+            Ok(())
+        }
+        Err(e) => Err(aws_error(e, doing)),
+    }
+}
+
 async fn attach_call(
     settings: &Settings,
     clients: &Clients,
@@ -364,45 +384,30 @@ async fn attach_call(
     kind: Kind,
     resource: &str,
 ) -> Result<()> {
-    let result = match kind {
-        Kind::Eni => clients
-            .ec2
-            .attach_network_interface()
-            .network_interface_id(resource)
-            .instance_id(&me.instance_id)
-            .device_index(settings.resources.eni_device_index as i32)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.code().map(str::to_string),
-                    aws_error(e, &format!("attaching {resource}")),
-                )
-            }),
-        Kind::Volume => clients
-            .ec2
-            .attach_volume()
-            .volume_id(resource)
-            .instance_id(&me.instance_id)
-            .device(&settings.resources.volume_device)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.code().map(str::to_string),
-                    aws_error(e, &format!("attaching {resource}")),
-                )
-            }),
-    };
-    match result {
-        Ok(()) => Ok(()),
-        Err((code, e)) if is_race(code.as_deref()) => {
-            tracing::info!(resource, error = %e, "attach refused; looking again");
-            Ok(())
-        }
-        Err((_, e)) => Err(e),
+    let doing = format!("attaching {resource}");
+    match kind {
+        Kind::Eni => tolerate_race(
+            clients
+                .ec2
+                .attach_network_interface()
+                .network_interface_id(resource)
+                .instance_id(&me.instance_id)
+                .device_index(settings.resources.eni_device_index as i32)
+                .send()
+                .await,
+            &doing,
+        ),
+        Kind::Volume => tolerate_race(
+            clients
+                .ec2
+                .attach_volume()
+                .volume_id(resource)
+                .instance_id(&me.instance_id)
+                .device(&settings.resources.volume_device)
+                .send()
+                .await,
+            &doing,
+        ),
     }
 }
 
@@ -413,47 +418,32 @@ async fn force_detach(
     attachment: Option<&str>,
     holder: &str,
 ) -> Result<()> {
-    let result = match kind {
+    let doing = format!("detaching {resource} from {holder}");
+    match kind {
         Kind::Eni => {
             let aid = attachment.with_context(|| format!("{resource} has no attachment id"))?;
+            tolerate_race(
+                clients
+                    .ec2
+                    .detach_network_interface()
+                    .attachment_id(aid)
+                    .force(true)
+                    .send()
+                    .await,
+                &doing,
+            )
+        }
+        Kind::Volume => tolerate_race(
             clients
                 .ec2
-                .detach_network_interface()
-                .attachment_id(aid)
+                .detach_volume()
+                .volume_id(resource)
+                .instance_id(holder)
                 .force(true)
                 .send()
-                .await
-                .map(|_| ())
-                .map_err(|e| {
-                    (
-                        e.code().map(str::to_string),
-                        aws_error(e, &format!("detaching {resource} from {holder}")),
-                    )
-                })
-        }
-        Kind::Volume => clients
-            .ec2
-            .detach_volume()
-            .volume_id(resource)
-            .instance_id(holder)
-            .force(true)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                (
-                    e.code().map(str::to_string),
-                    aws_error(e, &format!("detaching {resource} from {holder}")),
-                )
-            }),
-    };
-    match result {
-        Ok(()) => Ok(()),
-        Err((code, e)) if is_race(code.as_deref()) => {
-            tracing::info!(resource, error = %e, "detach refused; looking again");
-            Ok(())
-        }
-        Err((_, e)) => Err(e),
+                .await,
+            &doing,
+        ),
     }
 }
 
@@ -577,10 +567,7 @@ async fn converge(
 
 /// Reads the claim the claim step journalled.
 pub fn claimed(settings: &Settings) -> Result<Claim> {
-    let path = settings.paths.state_dir.join("claim.json");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {} (run `kafka-agent claim` first)", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    crate::journal::read(&settings.paths.state_dir, "claim")
 }
 
 /// Runs the attach step for the claimed id.
@@ -622,11 +609,7 @@ pub async fn run(
         elapsed_ms: started.elapsed().as_millis() as u64,
     };
     if !dry_run {
-        let path = settings.paths.state_dir.join("attach.json");
-        let mut body = serde_json::to_vec_pretty(&out)?;
-        body.push(b'\n');
-        crate::journal::write_atomic(&path, &body)
-            .with_context(|| format!("journalling to {}", path.display()))?;
+        crate::journal::record(&settings.paths.state_dir, "attach", &out)?;
     }
     Ok(out)
 }

@@ -27,6 +27,27 @@ pub fn write_atomic(path: &Path, content: &[u8]) -> Result<bool> {
     Ok(true)
 }
 
+/// Records a step's outcome as `<state_dir>/<name>.json`.
+pub fn record<T: serde::Serialize>(state_dir: &Path, name: &str, value: &T) -> Result<()> {
+    let path = state_dir.join(format!("{name}.json"));
+    let mut body = serde_json::to_vec_pretty(value)?;
+    body.push(b'\n');
+    write_atomic(&path, &body).with_context(|| format!("journalling to {}", path.display()))?;
+    Ok(())
+}
+
+/// Reads what an earlier step recorded, naming the step to run when it is missing.
+pub fn read<T: serde::de::DeserializeOwned>(state_dir: &Path, name: &str) -> Result<T> {
+    let path = state_dir.join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (run `kafka-agent {name}` first)",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -280,22 +280,13 @@ pub async fn apply(facts: &EniFacts, deadline: Instant) -> Result<Routed> {
 /// Runs the network step for the attached ENI.
 pub async fn run_step(settings: &Settings) -> Result<Routed> {
     let deadline = Instant::now() + settings.boot.deadline;
-    let path = settings.paths.state_dir.join("attach.json");
-    let attached: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading {} (run `kafka-agent attach` first)",
-                path.display()
-            )
-        })?)?;
+    let attached: serde_json::Value = crate::journal::read(&settings.paths.state_dir, "attach")?;
     let eni = attached["eni"]["id"]
         .as_str()
         .context("the attach journal names no ENI")?;
     let facts = facts_from_imds(eni, deadline).await?;
     let routed = apply(&facts, deadline).await?;
-    let mut body = serde_json::to_vec_pretty(&routed)?;
-    body.push(b'\n');
-    crate::journal::write_atomic(&settings.paths.state_dir.join("network.json"), &body)?;
+    crate::journal::record(&settings.paths.state_dir, "network", &routed)?;
     Ok(routed)
 }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use aws_sdk_ec2::types::Filter;
 use serde::{Deserialize, Serialize};
 
@@ -807,12 +807,7 @@ async fn tag_instance(settings: &Settings, clients: &Clients, me: &Identity, id:
 }
 
 fn journal(settings: &Settings, claim: &Claim) -> Result<()> {
-    let path = settings.paths.state_dir.join("claim.json");
-    let mut body = serde_json::to_vec_pretty(claim)?;
-    body.push(b'\n');
-    crate::journal::write_atomic(&path, &body)
-        .with_context(|| format!("journalling the claim to {}", path.display()))?;
-    Ok(())
+    crate::journal::record(&settings.paths.state_dir, "claim", claim)
 }
 
 #[cfg(test)]

@@ -132,14 +132,7 @@ pub fn fstab_with(current: &str, line: &str, mount_point: &str) -> String {
 /// Runs the storage step for the attached volume.
 pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted> {
     let st = &settings.storage;
-    let path = settings.paths.state_dir.join("attach.json");
-    let attached: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| {
-            format!(
-                "reading {} (run `kafka-agent attach` first)",
-                path.display()
-            )
-        })?)?;
+    let attached: serde_json::Value = crate::journal::read(&settings.paths.state_dir, "attach")?;
     let volume = attached["volume"]["id"]
         .as_str()
         .context("the attach journal names no volume")?
@@ -280,9 +273,7 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
         data_dir,
         how: how.into(),
     };
-    let mut body = serde_json::to_vec_pretty(&out)?;
-    body.push(b'\n');
-    crate::journal::write_atomic(&settings.paths.state_dir.join("storage.json"), &body)?;
+    crate::journal::record(&settings.paths.state_dir, "storage", &out)?;
     Ok(out)
 }
 
