@@ -468,3 +468,82 @@ async fn a_grown_volume_gets_a_grown_filesystem() {
     let after = size(&data(&world, &inst));
     assert!(after > before + (800 << 20), "{before} -> {after}");
 }
+
+/// Runs every step of the boot path so far on a host.
+async fn boot(cluster: &Cluster, world: &World, inst: &str) -> u32 {
+    let (id, _) = cluster.claim(world, inst).await.unwrap();
+    cluster.attach(world, inst).await.unwrap();
+    cluster.mount(world, inst).await.unwrap();
+    cluster.route(world, inst).await.unwrap();
+    id
+}
+
+/// Connects from `src` (an address on host `from`) to a listener on `dst` on host `to`.
+fn reaches(world: &World, from: &str, src: &str, to: &str, dst: &str, port: u16) -> bool {
+    let bind = format!("{dst}:{port}");
+    let listener =
+        testbed::netns::in_netns(&world.netns(to), move || std::net::TcpListener::bind(bind))
+            .unwrap()
+            .unwrap();
+    let (s, d) = (src.to_string(), dst.to_string());
+    let connected = world
+        .on_host(from, async move {
+            for _ in 0..6 {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(format!("{s}:0").parse().unwrap()).unwrap();
+                if sock
+                    .connect(format!("{d}:{port}").parse().unwrap())
+                    .await
+                    .is_ok()
+                {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            false
+        })
+        .unwrap();
+    connected
+        && listener
+            .accept()
+            .is_ok_and(|(_, peer)| peer.ip().to_string() == src)
+}
+
+#[tokio::test]
+async fn a_replaced_broker_comes_back_with_its_ip_data_and_routes() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    delays(&world, 0.3, 0.3, 3.0).await;
+    let cluster = Cluster::new(&world, Backend::Zk, 2, true);
+    let (_, ip0, _) = cluster.resources_for(&world, 0, "a").await;
+    let (_, ip1, vol1) = cluster.resources_for(&world, 1, "a").await;
+    let b0 = world.launch("a", &[]).await.unwrap();
+    assert_eq!(boot(&cluster, &world, &b0).await, 0);
+    let b1 = world.launch("a", &[]).await.unwrap();
+    assert_eq!(boot(&cluster, &world, &b1).await, 1);
+    std::fs::write(data(&world, &b1).join("meta.properties"), "broker.id=1\n").unwrap();
+    std::fs::write(data(&world, &b1).join("00000.log"), "broker 1's data").unwrap();
+
+    // Broker 1's instance dies; its ENI and volume stay attached to it for a few seconds.
+    world.terminate(&b1).await.unwrap();
+    let replacement = world.launch("a", &[]).await.unwrap();
+    assert_eq!(boot(&cluster, &world, &replacement).await, 1);
+    let attach: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            world
+                .host_dir(&replacement)
+                .join("var/lib/kafka-agent/attach.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(attach["eni"]["ips"][0], ip1.as_str(), "same IP");
+    assert_eq!(attach["volume"]["id"], vol1.as_str(), "same volume");
+    assert_eq!(
+        std::fs::read_to_string(data(&world, &replacement).join("00000.log")).unwrap(),
+        "broker 1's data"
+    );
+    assert!(
+        reaches(&world, &replacement, &ip1, &b0, &ip0, 7003),
+        "{ip1} cannot reach {ip0}"
+    );
+}
