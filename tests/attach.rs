@@ -351,36 +351,10 @@ async fn routed_enis_reach_each_other_and_rerouting_adds_nothing() {
         "{rules}"
     );
 
-    let bind = format!("{b_ip}:7002");
-    let listener =
-        testbed::netns::in_netns(&world.netns(&b), move || std::net::TcpListener::bind(bind))
-            .unwrap()
-            .unwrap();
-    let (src, dst) = (a_ip.clone(), b_ip.clone());
-    world
-        .on_host(&a, async move {
-            // Neighbour resolution on a freshly plugged link can fail once: a few tries.
-            let mut tries = 0;
-            let mut c = loop {
-                let s = tokio::net::TcpSocket::new_v4().unwrap();
-                s.bind(format!("{src}:0").parse().unwrap()).unwrap();
-                match s.connect(format!("{dst}:7002").parse().unwrap()).await {
-                    Ok(c) => break c,
-                    Err(e) if tries < 5 => {
-                        tries += 1;
-                        eprintln!("connect from {src} to {dst}: {e}; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(e) => panic!("{src} cannot reach {dst}: {e}"),
-                }
-            };
-            tokio::io::AsyncWriteExt::write_all(&mut c, b"hi")
-                .await
-                .unwrap();
-        })
-        .unwrap();
-    let (_, peer) = listener.accept().unwrap();
-    assert_eq!(peer.ip().to_string(), a_ip);
+    assert!(
+        reaches(&world, &a, &a_ip, &b, &b_ip, 7002),
+        "{a_ip} cannot reach {b_ip}"
+    );
 }
 
 /// Starts a step and SIGKILLs it after `after`.

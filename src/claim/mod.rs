@@ -414,6 +414,23 @@ async fn eligibility(
     }
     // id -> kind -> AZs
     let mut found: BTreeMap<u32, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
+    let note = |found: &mut BTreeMap<u32, BTreeMap<&'static str, BTreeSet<String>>>,
+                kind: &'static str,
+                resource_tags: &[aws_sdk_ec2::types::Tag],
+                az: Option<&str>| {
+        let id = resource_tags
+            .iter()
+            .find(|t| t.key() == Some(tags.id_key.as_str()))
+            .and_then(|t| tags.parse_id(t.value().unwrap_or("")));
+        if let (Some(id), Some(az)) = (id, az) {
+            found
+                .entry(id)
+                .or_default()
+                .entry(kind)
+                .or_default()
+                .insert(az.to_string());
+        }
+    };
     if res.eni {
         let mut pages = clients
             .ec2
@@ -424,19 +441,7 @@ async fn eligibility(
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| aws_error(e, "describing the cluster's ENIs"))?;
             for eni in page.network_interfaces() {
-                let id = eni
-                    .tag_set()
-                    .iter()
-                    .find(|t| t.key() == Some(tags.id_key.as_str()))
-                    .and_then(|t| tags.parse_id(t.value().unwrap_or("")));
-                if let (Some(id), Some(az)) = (id, eni.availability_zone()) {
-                    found
-                        .entry(id)
-                        .or_default()
-                        .entry("ENI")
-                        .or_default()
-                        .insert(az.to_string());
-                }
+                note(&mut found, "ENI", eni.tag_set(), eni.availability_zone());
             }
         }
     }
@@ -450,19 +455,7 @@ async fn eligibility(
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| aws_error(e, "describing the cluster's volumes"))?;
             for vol in page.volumes() {
-                let id = vol
-                    .tags()
-                    .iter()
-                    .find(|t| t.key() == Some(tags.id_key.as_str()))
-                    .and_then(|t| tags.parse_id(t.value().unwrap_or("")));
-                if let (Some(id), Some(az)) = (id, vol.availability_zone()) {
-                    found
-                        .entry(id)
-                        .or_default()
-                        .entry("volume")
-                        .or_default()
-                        .insert(az.to_string());
-                }
+                note(&mut found, "volume", vol.tags(), vol.availability_zone());
             }
         }
     }

@@ -185,16 +185,7 @@ pub async fn claim(
     samples: usize,
     herds: usize,
 ) -> Result<()> {
-    let agent = match agent {
-        Some(a) => a,
-        None => std::env::current_exe()?.with_file_name("kafka-agent"),
-    };
-    if !agent.exists() {
-        bail!(
-            "{} does not exist: build it (cargo build --release)",
-            agent.display()
-        );
-    }
+    let agent = agent_path(agent)?;
     eprintln!("starting the testbed and {agents} instances...");
     let services = Services::start(1)?;
     let world = World::create(&services, &["a"]).await?;
