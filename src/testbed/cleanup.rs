@@ -95,14 +95,17 @@ fn majmin(dev: &str) -> Option<String> {
     Some(format!("{}:{}", libc::major(rdev), libc::minor(rdev)))
 }
 
-/// Lazily unmounts every mount of block device `dev`.
+/// Unmounts every mount of block device `dev` (lazily where it is busy), then flushes its
+/// buffers, so that what was written reaches the backing image before the device goes.
 pub fn unmount_device(dev: &str) {
     let Some(mm) = majmin(dev) else { return };
     for (m, target) in mounts().into_iter().rev() {
-        if m == mm {
+        if m == mm && nix::mount::umount(target.as_str()).is_err() {
             let _ = nix::mount::umount2(target.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
+    nix::unistd::sync();
+    let _ = run("blockdev", &["--flushbufs", dev]);
 }
 
 fn processes_naming(dir: &Path) -> Vec<(i32, String)> {

@@ -720,6 +720,8 @@ fn boot(
     netns::ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "ens5"])?;
     netns::ip_in(&ns, &["link", "set", "ens5", "up"])?;
     netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway])?;
+    // EC2 may hand a dead instance's address to a new one: forget the old MAC at the gateway.
+    let _ = netns::ip_in(&l.vpc_ns, &["neigh", "flush", "to", ip]);
     let listener = netns::in_netns(&ns, || std::net::TcpListener::bind(("169.254.169.254", 80)))??;
     listener.set_nonblocking(true)?;
     let imds = Arc::new(Imds::default());
