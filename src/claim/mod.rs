@@ -276,6 +276,11 @@ impl Ledger {
         })
     }
 
+    /// Whether the ledger is still usable after a transient error.
+    fn survives_errors(&self) -> bool {
+        matches!(self, Ledger::CloudwatchLogs(_))
+    }
+
     fn service(settings: &Settings) -> String {
         match settings.claim.backend {
             Backend::Zookeeper => format!(
@@ -333,6 +338,16 @@ struct Memory {
     known: BTreeMap<String, Liveness>,
     /// The eligibility found at the first look (tags do not change during a boot).
     ineligible: Option<BTreeMap<u32, String>>,
+}
+
+impl Memory {
+    /// A fresh look at claims and owners; the eligibility (from tags) is kept.
+    fn forget_but_tags(self) -> Memory {
+        Memory {
+            ineligible: self.ineligible,
+            ..Memory::default()
+        }
+    }
 }
 
 /// Observes the world for a plan.
@@ -760,8 +775,13 @@ pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Resul
             }
             Err(e) if is_transient(&e) => {
                 tracing::warn!(error = %format!("{e:#}"), "claim attempt failed; retrying");
-                ledger = None;
-                memory = Memory::default();
+                // A ZooKeeper session may be broken: reconnect. The CloudWatch Logs ledger has
+                // no session and keeps the owner records it already read, so a throttled
+                // attempt's progress is not lost.
+                if ledger.as_ref().is_some_and(|l| !l.survives_errors()) {
+                    ledger = None;
+                }
+                memory = memory.forget_but_tags();
                 if !backoff.wait().await {
                     return Err(unreachable(settings, e));
                 }
