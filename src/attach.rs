@@ -16,8 +16,9 @@ use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 
 use crate::aws::Clients;
+use crate::aws::{aws_error, is_transient, retry_transient};
 use crate::backoff::Backoff;
-use crate::claim::{Claim, aws_error};
+use crate::claim::Claim;
 use crate::config::Settings;
 use crate::identity::Identity;
 
@@ -447,10 +448,6 @@ async fn force_detach(
     }
 }
 
-fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<crate::claim::Transient>())
-}
-
 /// Brings one resource to "attached here".
 async fn converge(
     settings: &Settings,
@@ -593,7 +590,8 @@ pub async fn run(
         if !wanted {
             return Ok(None);
         }
-        let resource = find_one(settings, clients, me, kind, id).await?;
+        let resource =
+            retry_transient(deadline, || find_one(settings, clients, me, kind, id)).await?;
         converge(settings, clients, me, kind, &resource, deadline, dry_run)
             .await
             .map(Some)

@@ -30,3 +30,79 @@ impl Clients {
         }
     }
 }
+
+/// A failure worth retrying until the deadline (the service is unreachable or throttling).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Transient(pub anyhow::Error);
+
+/// An AWS SDK error as an anyhow error, wrapped in [`Transient`] when retrying may help.
+pub fn aws_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>, doing: &str) -> anyhow::Error
+where
+    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    use aws_sdk_ec2::error::SdkError;
+    let transient = match &err {
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        SdkError::ServiceError(s) => {
+            let code = s.err().code().unwrap_or("");
+            code.contains("Throttl")
+                || code == "RequestLimitExceeded"
+                || code == "InternalError"
+                || code == "ServiceUnavailable"
+                || code == "ServiceUnavailableException"
+                || code == "InternalFailure"
+        }
+        _ => false,
+    };
+    let detail = match &err {
+        SdkError::ServiceError(s) => format!(
+            "{}: {}",
+            s.err().code().unwrap_or("error"),
+            s.err().message().unwrap_or("")
+        ),
+        other => format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(other)
+        ),
+    };
+    let e = anyhow::anyhow!("{doing}: {detail}");
+    if transient { Transient(e).into() } else { e }
+}
+
+/// Whether retrying may help: some cause in the chain is [`Transient`].
+pub fn is_transient(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<Transient>())
+}
+
+/// Runs `call` until it succeeds, fails for good, or `deadline` passes: transient failures
+/// (throttling, 5xx, an unreachable endpoint) are retried with jittered backoff, and the
+/// last one is returned at the deadline.
+pub async fn retry_transient<T, F, Fut>(
+    deadline: std::time::Instant,
+    mut call: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut backoff = crate::backoff::Backoff::new(
+        std::time::Duration::from_millis(200),
+        std::time::Duration::from_secs(5),
+        deadline,
+    );
+    loop {
+        match call().await {
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), "retrying");
+                if !backoff.wait().await {
+                    return Err(e);
+                }
+            }
+            other => return other,
+        }
+    }
+}

@@ -705,3 +705,31 @@ fn a_failing_test_leaves_nothing_behind() {
     let left = testbed::cleanup::leftovers(&dir);
     assert!(left.is_empty(), "left behind:\n{left}");
 }
+
+#[tokio::test]
+async fn every_address_in_a_subnet_is_handed_out_once_and_never_a_reserved_one() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut addresses = Vec::new();
+    for k in 0..60 {
+        let (_, ip) = world.create_eni("a", &[]).await.unwrap();
+        addresses.push(ip);
+        if k % 20 == 0 {
+            let inst = world.launch("a", &[]).await.unwrap();
+            let out = world
+                .ec2
+                .describe_instances()
+                .instance_ids(&inst)
+                .send()
+                .await
+                .unwrap();
+            let i = &out.reservations()[0].instances()[0];
+            addresses.push(i.private_ip_address().unwrap().to_string());
+        }
+    }
+    let unique: std::collections::BTreeSet<&String> = addresses.iter().collect();
+    assert_eq!(unique.len(), addresses.len(), "{addresses:?}");
+    for ip in &addresses {
+        let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
+        assert!((4..255).contains(&last), "reserved address {ip} handed out");
+    }
+}

@@ -9,8 +9,9 @@ use std::time::{Duration, SystemTime};
 use anyhow::Result;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
-use super::{Record, Slot, aws_error};
+use super::{Record, Slot};
 use crate::aws::Clients;
+use crate::aws::aws_error;
 use crate::config::Settings;
 
 pub struct CwlLedger {

@@ -20,6 +20,7 @@ use aws_sdk_ec2::types::Filter;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::Clients;
+use crate::aws::{Transient, aws_error, is_transient};
 use crate::backoff::Backoff;
 use crate::config::{Backend, Settings};
 use crate::identity::Identity;
@@ -240,11 +241,6 @@ impl ClaimError {
         }
     }
 }
-
-/// A failure worth retrying until the deadline (the service is unreachable or throttling).
-#[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-pub struct Transient(pub anyhow::Error);
 
 /// The outcome of the step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -584,52 +580,11 @@ async fn instance_states(
     Ok(out)
 }
 
-/// An AWS SDK error as an anyhow error, wrapped in [`Transient`] when retrying may help.
-pub fn aws_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>, doing: &str) -> anyhow::Error
-where
-    E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    use aws_sdk_ec2::error::SdkError;
-    let transient = match &err {
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
-            true
-        }
-        SdkError::ServiceError(s) => {
-            let code = s.err().code().unwrap_or("");
-            code.contains("Throttl")
-                || code == "RequestLimitExceeded"
-                || code == "InternalError"
-                || code == "ServiceUnavailable"
-                || code == "ServiceUnavailableException"
-                || code == "InternalFailure"
-        }
-        _ => false,
-    };
-    let detail = match &err {
-        SdkError::ServiceError(s) => format!(
-            "{}: {}",
-            s.err().code().unwrap_or("error"),
-            s.err().message().unwrap_or("")
-        ),
-        other => format!(
-            "{}",
-            aws_smithy_types::error::display::DisplayErrorContext(other)
-        ),
-    };
-    let e = anyhow::anyhow!("{doing}: {detail}");
-    if transient { Transient(e).into() } else { e }
-}
-
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
-}
-
-fn is_transient(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.is::<Transient>())
 }
 
 /// Observes and plans without writing anything.

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
 
-use super::{Record, Slot, Transient};
+use super::{Record, Slot};
+use crate::aws::Transient;
 use crate::config::Settings;
 
 pub struct ZkLedger {

@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use super::{device, identity};
 use crate::aws::Clients;
-use crate::claim::aws_error;
+use crate::aws::{aws_error, retry_transient};
 use crate::config::{Role, Settings};
 
 /// Storage failures a caller branches on.
@@ -169,7 +169,8 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
     let (fs, uuid) = match probe(&dev.path)? {
         Some(found) => found,
         None => {
-            let state = volume_state(clients, settings, &volume).await?;
+            let state =
+                retry_transient(deadline, || volume_state(clients, settings, &volume)).await?;
             if state.as_deref() != Some("new") {
                 return Err(StorageError::BlankNotNew(format!(
                     "{volume} ({}) is blank but tagged {}={}: that is lost data, not a new disk; refusing to format it",
@@ -196,14 +197,17 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
                 .key(&st.state_tag)
                 .value("formatted")
                 .build();
-            clients
-                .ec2
-                .create_tags()
-                .resources(&volume)
-                .tags(tag)
-                .send()
-                .await
-                .map_err(|e| aws_error(e, &format!("tagging {volume} formatted")))?;
+            retry_transient(deadline, || async {
+                clients
+                    .ec2
+                    .create_tags()
+                    .resources(&volume)
+                    .tags(tag.clone())
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(e, &format!("tagging {volume} formatted")))
+            })
+            .await?;
             how = "formatted_and_mounted";
             probe(&dev.path)?.context("no filesystem after mkfs")?
         }

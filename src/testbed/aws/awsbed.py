@@ -20,6 +20,7 @@ Transitions are evaluated lazily (every request first applies what is due), unde
 
 import argparse
 import io
+import ipaddress
 import json
 import random
 import re
@@ -37,6 +38,7 @@ from moto.autoscaling.models import autoscaling_backends
 from moto.cloudformation.models import cloudformation_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
+import moto.ec2.models.elastic_network_interfaces as eni_models
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -123,6 +125,55 @@ def _attachment(self):
 
 
 NetworkInterface.attachment = property(_attachment)
+
+# moto gives a new ENI a random address of its subnet without looking: it can be the gateway,
+# the broadcast address, or an address an instance or another ENI already has. EC2 hands out
+# only free addresses outside the five it reserves; so does this.
+_orig_eni_init = NetworkInterface.__init__
+_orig_random_private_ip = eni_models.random_private_ip
+_ENI_SUBNET = []
+
+
+def _eni_init(self, ec2_backend, subnet, *args, **kwargs):
+    _ENI_SUBNET.append(subnet)
+    try:
+        _orig_eni_init(self, ec2_backend, subnet, *args, **kwargs)
+    finally:
+        _ENI_SUBNET.pop()
+    for entry in self.private_ip_addresses:
+        ip = entry.get("PrivateIpAddress") if isinstance(entry, dict) else None
+        if ip and ip not in subnet._subnet_ips:
+            try:
+                subnet.request_ip(ip, self)
+            except Exception:  # an address outside the subnet: moto answers for it
+                pass
+
+
+def _free_private_ip(cidr=None, ipv6=False):
+    subnet = _ENI_SUBNET[-1] if _ENI_SUBNET else None
+    if ipv6 or subnet is None or cidr != subnet.cidr_block:
+        return _orig_random_private_ip(cidr, ipv6)
+    net = ipaddress.IPv4Network(cidr)
+    used = set(subnet._subnet_ips)
+    for eni in subnet.ec2_backend.enis.values():
+        used.update(
+            e.get("PrivateIpAddress")
+            for e in eni.private_ip_addresses
+            if isinstance(e, dict)
+        )
+    hosts = list(net.hosts())[3:]  # .1 to .3 are the router, DNS and reserved
+    free = [str(ip) for ip in hosts if str(ip) not in used]
+    if not free:
+        raise AwsError(
+            "InsufficientFreeAddressesInSubnet",
+            f"There are not enough free addresses in subnet '{subnet.id}' to satisfy the "
+            "requested number of instances.",
+        )
+    return random.choice(free)
+
+
+NetworkInterface.__init__ = _eni_init
+eni_models.random_private_ip = _free_private_ip
 
 
 # ---------------------------------------------------------------- request plumbing
