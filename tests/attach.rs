@@ -307,6 +307,48 @@ async fn another_nodes_data_is_refused_and_left_untouched() {
 }
 
 #[tokio::test]
+async fn a_zookeeper_volume_of_another_myid_is_refused_and_its_own_is_mounted() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    cluster.role = "zookeeper";
+    cluster.resources_for(&world, 1, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    assert_eq!(cluster.claim(&world, &inst).await.unwrap().0, 1, "myids start at 1");
+    cluster.attach(&world, &inst).await.unwrap();
+    cluster.mount(&world, &inst).await.unwrap();
+    std::fs::write(data(&world, &inst).join("myid"), "3\n").unwrap();
+    nix::mount::umount(&data(&world, &inst)).unwrap();
+    std::fs::remove_file(world.host_dir(&inst).join("etc/fstab")).unwrap();
+
+    let (code, stderr) = cluster.mount(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(stderr.contains("holds node 3, expected node 1"), "{stderr}");
+    assert!(!world.host_dir(&inst).join("etc/fstab").exists());
+    assert!(!data(&world, &inst).join("myid").exists(), "left mounted");
+
+    // The same volume holding this node's myid is mounted as it is.
+    let dev = world.host_dir(&inst).join("dev/nvme1n1");
+    let scratch = world.dir.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+    nix::mount::mount(
+        Some(&dev),
+        &scratch,
+        Some("xfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::write(scratch.join("myid"), "1\n").unwrap();
+    nix::mount::umount(&scratch).unwrap();
+    let m = cluster.mount(&world, &inst).await.unwrap();
+    assert_eq!(m["how"], "mounted", "{m}");
+    assert_eq!(
+        std::fs::read_to_string(data(&world, &inst).join("myid")).unwrap(),
+        "1\n"
+    );
+}
+
+#[tokio::test]
 async fn routed_enis_reach_each_other_and_rerouting_adds_nothing() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     let cluster = Cluster::new(&world, Backend::Cwl, 2, true);

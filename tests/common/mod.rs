@@ -20,6 +20,8 @@ pub struct Cluster {
     pub size: u32,
     pub resources: bool,
     pub deadline: u32,
+    /// `kafka` or `zookeeper`.
+    pub role: &'static str,
     /// ZooKeeper client ports on this machine (the world exposes them).
     pub zk_ports: Vec<u16>,
 }
@@ -32,6 +34,7 @@ impl Cluster {
             size,
             resources,
             deadline: 60,
+            role: "kafka",
             zk_ports: testbed::shared().zookeeper.client_ports(),
         }
     }
@@ -53,7 +56,7 @@ impl Cluster {
             .to_string();
         let connect: Vec<String> = self.zk_ports.iter().map(|p| format!("{gw}:{p}")).collect();
         let text = format!(
-            "[cluster]\nname = \"{name}\"\nrole = \"kafka\"\nsize = {size}\n\n\
+            "[cluster]\nname = \"{name}\"\nrole = \"{role}\"\nsize = {size}\n\n\
              [boot]\ndeadline_seconds = {deadline}\n\n\
              [paths]\nstate_dir = \"{state}\"\n\n\
              [claim]\nbackend = \"{backend}\"\n\n\
@@ -63,6 +66,7 @@ impl Cluster {
              [zookeeper]\nconnect = \"{connect}{chroot}\"\n",
             host = host.display(),
             name = self.name,
+            role = self.role,
             size = self.size,
             deadline = self.deadline,
             state = host.join("var/lib/kafka-agent").display(),
@@ -119,7 +123,7 @@ impl Cluster {
         let id = id.to_string();
         let tags = [
             ("kafka-agent:cluster", self.name.as_str()),
-            ("kafka-agent:role", "kafka"),
+            ("kafka-agent:role", self.role),
             ("kafka-agent:id", id.as_str()),
         ];
         let (eni, ip) = world.create_eni(az, &tags).await.unwrap();
