@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Backend, Cluster};
 use kafka_agent::testbed::{self, World, aws::ScopeSettings};
@@ -313,7 +313,11 @@ async fn a_zookeeper_volume_of_another_myid_is_refused_and_its_own_is_mounted() 
     cluster.role = "zookeeper";
     cluster.resources_for(&world, 1, "a").await;
     let inst = world.launch("a", &[]).await.unwrap();
-    assert_eq!(cluster.claim(&world, &inst).await.unwrap().0, 1, "myids start at 1");
+    assert_eq!(
+        cluster.claim(&world, &inst).await.unwrap().0,
+        1,
+        "myids start at 1"
+    );
     cluster.attach(&world, &inst).await.unwrap();
     cluster.mount(&world, &inst).await.unwrap();
     std::fs::write(data(&world, &inst).join("myid"), "3\n").unwrap();
@@ -483,6 +487,77 @@ async fn a_grown_volume_gets_a_grown_filesystem() {
     cluster.mount(&world, &inst).await.unwrap();
     let after = size(&data(&world, &inst));
     assert!(after > before + (800 << 20), "{before} -> {after}");
+}
+
+#[tokio::test]
+async fn without_nvme_the_volume_is_found_under_its_requested_name() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    // Xen instance types show an EBS volume attached as /dev/sdg as xvdg, without a serial.
+    let dropin = |inst: &str| {
+        let dir = world.host_dir(inst).join("etc/kafka-agent/config.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("50-device.toml"),
+            "[resources]\nvolume_device = \"/dev/sdg\"\n",
+        )
+        .unwrap();
+    };
+    let first = world.launch_as("a", "t2.large", &[]).await.unwrap();
+    dropin(&first);
+    assert_eq!(boot(&cluster, &world, &first).await, 0);
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            world
+                .host_dir(&first)
+                .join("var/lib/kafka-agent/storage.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(m["device"].as_str().unwrap().ends_with("/xvdg"), "{m}");
+    assert!(
+        !world
+            .host_dir(&first)
+            .join("sys/block/xvdg/device/serial")
+            .exists()
+    );
+    std::fs::write(data(&world, &first).join("00000.log"), "kept").unwrap();
+
+    world.terminate(&first).await.unwrap();
+    let second = world.launch_as("a", "t2.large", &[]).await.unwrap();
+    dropin(&second);
+    assert_eq!(boot(&cluster, &world, &second).await, 0);
+    assert_eq!(
+        std::fs::read_to_string(data(&world, &second).join("00000.log")).unwrap(),
+        "kept",
+        "{vol}'s data"
+    );
+}
+
+#[tokio::test]
+async fn a_fresh_eni_briefly_at_device_number_zero_is_routed_in_its_own_table() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    world.imds_stale_device_number(Duration::from_millis(1500));
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, ip, _) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+    let started = Instant::now();
+    let routed = cluster.route(&world, &inst).await.unwrap();
+    assert_eq!(routed["routing"]["table"], 10001, "{routed}");
+    assert!(
+        started.elapsed() > Duration::from_millis(1000),
+        "routed before IMDS told the device number: {routed}"
+    );
+    let rules = testbed::netns::ip_in(&world.netns(&inst), &["rule", "show"]).unwrap();
+    assert!(!rules.contains("lookup 10000"), "{rules}");
+    assert!(
+        rules.contains(&format!("from {ip} lookup 10001")),
+        "{rules}"
+    );
 }
 
 /// Runs every step of the boot path so far on a host.

@@ -213,6 +213,8 @@ pub struct InstanceInfo {
     pub private_ip: Option<String>,
     pub mac: Option<String>,
     pub primary_eni: Option<String>,
+    #[serde(default)]
+    pub instance_type: String,
     pub root_device_name: String,
     pub tags: std::collections::BTreeMap<String, String>,
 }

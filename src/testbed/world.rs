@@ -61,6 +61,10 @@ struct Physical {
     enis: BTreeMap<String, PluggedEni>,
     volumes: BTreeMap<String, PluggedVolume>,
     counter: u32,
+    /// For how long IMDS reports a freshly attached ENI at device-number 0 (as EC2 may).
+    imds_stale_device_number: Duration,
+    /// When each (instance, ENI) attachment was first seen attached.
+    attached_since: BTreeMap<(String, String), Instant>,
 }
 
 struct Host {
@@ -240,12 +244,22 @@ impl World {
 
     /// Launches an instance in the AZ and waits until its host is up.
     pub async fn launch(&self, az_suffix: &str, tags: &[(&str, &str)]) -> Result<String> {
+        self.launch_as(az_suffix, "m5.large", tags).await
+    }
+
+    /// Launches an instance of a given type: Xen types (see [`xen`]) get `xvd*` devices.
+    pub async fn launch_as(
+        &self,
+        az_suffix: &str,
+        instance_type: &str,
+        tags: &[(&str, &str)],
+    ) -> Result<String> {
         let subnet = self.subnet(az_suffix)?;
         let mut req = self
             .ec2
             .run_instances()
             .image_id("ami-12c6146b")
-            .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+            .instance_type(aws_sdk_ec2::types::InstanceType::from(instance_type))
             .min_count(1)
             .max_count(1)
             .subnet_id(&subnet.id);
@@ -346,6 +360,12 @@ impl World {
     /// The network namespace of an instance's host.
     pub fn netns(&self, instance_id: &str) -> String {
         format!("{}-{instance_id}", self.id)
+    }
+
+    /// From now on IMDS reports each freshly attached ENI at device-number 0 for `window`
+    /// before its real device number, as EC2's IMDS briefly may.
+    pub fn imds_stale_device_number(&self, window: Duration) {
+        self.phys.lock().unwrap().imds_stale_device_number = window;
     }
 
     /// The host's own directory: its device view (`sys/`, `dev/`) and files.
@@ -564,6 +584,19 @@ fn reconcile(
         }
     }
     // IMDS first: when a device appears, IMDS already tells about it.
+    let now = Instant::now();
+    let attached: BTreeSet<(String, String)> = state
+        .enis
+        .iter()
+        .filter_map(|e| {
+            let a = e.attachment.as_ref()?;
+            (a.status == "attached").then(|| (a.instance_id.clone(), e.id.clone()))
+        })
+        .collect();
+    p.attached_since.retain(|k, _| attached.contains(k));
+    for k in attached {
+        p.attached_since.entry(k).or_insert(now);
+    }
     for (id, host) in &p.hosts {
         let info = running[id.as_str()];
         let mut interfaces: Vec<imds::Interface> = state
@@ -571,9 +604,13 @@ fn reconcile(
             .iter()
             .filter_map(|e| {
                 let a = e.attachment.as_ref()?;
+                let fresh = p
+                    .attached_since
+                    .get(&(id.clone(), e.id.clone()))
+                    .is_some_and(|t| now.duration_since(*t) < p.imds_stale_device_number);
                 (a.instance_id == *id && a.status == "attached").then(|| imds::Interface {
                     mac: e.mac.clone(),
-                    device_number: a.device_index,
+                    device_number: if fresh { 0 } else { a.device_index },
                     interface_id: e.id.clone(),
                     local_ipv4s: e.private_ips.clone(),
                     subnet_id: e.subnet_id.clone(),
@@ -585,7 +622,7 @@ fn reconcile(
         interfaces.sort_by_key(|i| i.device_number);
         let md = Metadata {
             instance_id: id.clone(),
-            instance_type: "m5.large".into(),
+            instance_type: info.instance_type.clone(),
             az: info.az.clone(),
             region: REGION.into(),
             account_id: "123456789012".into(),
@@ -650,10 +687,11 @@ fn reconcile(
     }
     for (id, vol) in want {
         if !p.volumes.contains_key(id) {
-            let root = running
-                .get(vol.attachment.as_ref().unwrap().instance_id.as_str())
-                .is_some_and(|i| i.root_device_name == vol.attachment.as_ref().unwrap().device);
-            plug_volume(l, p, vol, root).with_context(|| format!("plugging {id}"))?;
+            let host = running.get(vol.attachment.as_ref().unwrap().instance_id.as_str());
+            let root =
+                host.is_some_and(|i| i.root_device_name == vol.attachment.as_ref().unwrap().device);
+            let xen = host.is_some_and(|i| xen(&i.instance_type));
+            plug_volume(l, p, vol, root, xen).with_context(|| format!("plugging {id}"))?;
         }
         grow_volume(l, p, vol).with_context(|| format!("growing {id}"))?;
     }
@@ -792,7 +830,56 @@ fn plug_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<()> {
     Ok(())
 }
 
-fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) -> Result<()> {
+/// Whether an instance type is Xen-based (no NVMe: EBS volumes appear as `xvd*` without a
+/// serial, under the name they were attached as).
+pub fn xen(instance_type: &str) -> bool {
+    let family = instance_type.split('.').next().unwrap_or("");
+    matches!(
+        family,
+        "t1" | "t2"
+            | "m1"
+            | "m2"
+            | "m3"
+            | "m4"
+            | "c1"
+            | "c3"
+            | "c4"
+            | "r3"
+            | "r4"
+            | "i2"
+            | "d2"
+            | "x1"
+            | "x1e"
+            | "p2"
+            | "p3"
+            | "g2"
+            | "g3"
+            | "h1"
+            | "f1"
+    )
+}
+
+/// The kernel name of a volume attached as `device` (`/dev/sdf`) on a Xen instance: `xvdf`.
+fn xen_name(device: &str) -> String {
+    let base = device.trim_start_matches("/dev/");
+    let suffix = base
+        .strip_prefix("xvd")
+        .or_else(|| base.strip_prefix("sd"))
+        .unwrap_or(base);
+    // A partition name (`sda1`, the root) names its whole disk.
+    format!(
+        "xvd{}",
+        suffix.trim_end_matches(|c: char| c.is_ascii_digit())
+    )
+}
+
+fn plug_volume(
+    l: &Layout,
+    p: &mut Physical,
+    vol: &aws::VolumeInfo,
+    root: bool,
+    xen: bool,
+) -> Result<()> {
     let a = vol.attachment.as_ref().unwrap();
     let host_dir = p.hosts[&a.instance_id].dir.clone();
     let used: BTreeSet<&str> = p
@@ -801,7 +888,9 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
         .filter(|v| v.instance_id == a.instance_id)
         .map(|v| v.node.as_str())
         .collect();
-    let node = if root {
+    let node = if xen {
+        xen_name(&a.device)
+    } else if root {
         "nvme0n1".to_string()
     } else {
         (1..)
@@ -810,11 +899,23 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
             .unwrap()
     };
     let sys = host_dir.join("sys/block").join(&node);
-    // The serial is written last: once it is visible, the device node is usable.
-    std::fs::create_dir_all(sys.join("device"))?;
-    std::fs::write(sys.join("device/model"), "Amazon Elastic Block Store\n")?;
+    // What makes the device visible comes last: the serial on NVMe; without NVMe (no serial)
+    // the sysfs entry itself, prepared under another name and renamed.
+    let building = if xen {
+        host_dir.join("sys").join(format!(".plugging-{node}"))
+    } else {
+        sys.clone()
+    };
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(building.join("device"))?;
+    if !xen {
+        std::fs::write(
+            building.join("device/model"),
+            "Amazon Elastic Block Store\n",
+        )?;
+    }
     let sectors = vol.size * 1024 * 1024 * 1024 / 512;
-    std::fs::write(sys.join("size"), format!("{sectors}\n"))?;
+    std::fs::write(building.join("size"), format!("{sectors}\n"))?;
     let mut loop_dev = None;
     if !root {
         // The root disk is only described; data volumes are real loop devices.
@@ -830,7 +931,7 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
             .to_string();
         let rdev = nix::sys::stat::stat(dev.as_str())?.st_rdev;
         let (major, minor) = (libc::major(rdev), libc::minor(rdev));
-        std::fs::write(sys.join("dev"), format!("{major}:{minor}\n"))?;
+        std::fs::write(building.join("dev"), format!("{major}:{minor}\n"))?;
         let node_path = host_dir.join("dev").join(&node);
         let _ = std::fs::remove_file(&node_path);
         nix::sys::stat::mknod(
@@ -842,10 +943,15 @@ fn plug_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo, root: bool) 
         .with_context(|| format!("mknod {}", node_path.display()))?;
         loop_dev = Some(dev);
     }
-    std::fs::write(
-        sys.join("device/serial"),
-        format!("{}\n", vol.id.replace('-', "")),
-    )?;
+    if xen {
+        let _ = std::fs::remove_dir_all(&sys);
+        std::fs::rename(&building, &sys)?;
+    } else {
+        std::fs::write(
+            sys.join("device/serial"),
+            format!("{}\n", vol.id.replace('-', "")),
+        )?;
+    }
     p.volumes.insert(
         vol.id.clone(),
         PluggedVolume {
