@@ -202,6 +202,14 @@ async fn resources_in_another_az_are_never_touched() {
     );
 }
 
+/// A step's journal on a host, as JSON.
+fn journal(world: &World, inst: &str, step: &str) -> serde_json::Value {
+    let path = world
+        .host_dir(inst)
+        .join(format!("var/lib/kafka-agent/{step}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
 fn data(world: &World, inst: &str) -> std::path::PathBuf {
     world.host_dir(inst).join("var/lib/kafka")
 }
@@ -507,15 +515,7 @@ async fn without_nvme_the_volume_is_found_under_its_requested_name() {
     let first = world.launch_as("a", "t2.large", &[]).await.unwrap();
     dropin(&first);
     assert_eq!(boot(&cluster, &world, &first).await, 0);
-    let m: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            world
-                .host_dir(&first)
-                .join("var/lib/kafka-agent/storage.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let m = journal(&world, &first, "storage");
     assert!(m["device"].as_str().unwrap().ends_with("/xvdg"), "{m}");
     assert!(
         !world
@@ -618,15 +618,7 @@ async fn a_replaced_broker_comes_back_with_its_ip_data_and_routes() {
     world.terminate(&b1).await.unwrap();
     let replacement = world.launch("a", &[]).await.unwrap();
     assert_eq!(boot(&cluster, &world, &replacement).await, 1);
-    let attach: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            world
-                .host_dir(&replacement)
-                .join("var/lib/kafka-agent/attach.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let attach = journal(&world, &replacement, "attach");
     assert_eq!(attach["eni"]["ips"][0], ip1.as_str(), "same IP");
     assert_eq!(attach["volume"]["id"], vol1.as_str(), "same volume");
     assert_eq!(
