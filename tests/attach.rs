@@ -55,20 +55,6 @@ async fn wait_plugged(world: &World, inst: &str, eni_mac: &str, vol: &str) {
         .unwrap();
 }
 
-async fn mac_of(world: &World, eni: &str) -> String {
-    world
-        .ec2
-        .describe_network_interfaces()
-        .network_interface_ids(eni)
-        .send()
-        .await
-        .unwrap()
-        .network_interfaces()[0]
-        .mac_address()
-        .unwrap()
-        .to_string()
-}
-
 #[tokio::test]
 async fn the_replacement_gets_the_dead_brokers_eni_and_volume() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
@@ -77,7 +63,7 @@ async fn the_replacement_gets_the_dead_brokers_eni_and_volume() {
     delays(&world, 0.5, 0.5, 30.0).await;
     let cluster = Cluster::new(&world, Backend::Zk, 1, true);
     let (eni, ip, vol) = cluster.resources_for(&world, 0, "a").await;
-    let mac = mac_of(&world, &eni).await;
+    let mac = world.mac_of(&eni).await.unwrap();
 
     let first = world.launch("a", &[]).await.unwrap();
     cluster.claim(&world, &first).await.unwrap();

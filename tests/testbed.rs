@@ -279,16 +279,7 @@ async fn imds_serves_the_instance_and_an_attached_eni_becomes_an_interface() {
         .send()
         .await
         .unwrap();
-    let mac = ec2(&world)
-        .describe_network_interfaces()
-        .network_interface_ids(&eni)
-        .send()
-        .await
-        .unwrap()
-        .network_interfaces()[0]
-        .mac_address()
-        .unwrap()
-        .to_string();
+    let mac = world.mac_of(&eni).await.unwrap();
     world
         .wait_until(Duration::from_secs(10), "the ENI's interface", || {
             world

@@ -362,6 +362,21 @@ impl World {
         format!("{}-{instance_id}", self.id)
     }
 
+    /// An ENI's MAC address, as EC2 tells it.
+    pub async fn mac_of(&self, eni: &str) -> Result<String> {
+        self.ec2
+            .describe_network_interfaces()
+            .network_interface_ids(eni)
+            .send()
+            .await
+            .with_context(|| format!("describing {eni}"))?
+            .network_interfaces()
+            .first()
+            .and_then(|e| e.mac_address())
+            .map(str::to_string)
+            .with_context(|| format!("{eni} has no MAC address"))
+    }
+
     /// From now on IMDS reports each freshly attached ENI at device-number 0 for `window`
     /// before its real device number, as EC2's IMDS briefly may.
     pub fn imds_stale_device_number(&self, window: Duration) {
