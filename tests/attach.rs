@@ -6,7 +6,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Cluster};
-use kafka_agent::testbed::{self, World, aws::ScopeSettings};
+use kafka_testbed::{self as testbed, World, aws::ScopeSettings};
 
 async fn delays(world: &World, attach: f64, detach: f64, release: f64) {
     testbed::shared()

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{Backend, Cluster, persistent};
-use kafka_agent::testbed::{self, World, zookeeper::Ensemble};
+use kafka_testbed::{self as testbed, World, zookeeper::Ensemble};
 
 async fn replacement_and_reboot(backend: Backend) {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use kafka_agent::claim::{Record, cloudwatch::stream_name};
-use kafka_agent::testbed::{self, World};
+use kafka_testbed::{self as testbed, World};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Backend {

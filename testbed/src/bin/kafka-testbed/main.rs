@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 mod bench;
 
-use kafka_agent::testbed::{self, Services, World, cleanup};
+use kafka_testbed::{self as testbed, Services, World, cleanup};
 
 #[derive(Parser)]
 #[command(

@@ -4,6 +4,12 @@
 //! * [`zookeeper`]: the Debian ZooKeeper server, standalone or an ensemble;
 //! * [`world`]: a VPC of simulated hosts (network namespaces), each with IMDSv2
 //!   ([`imds`]), where attached ENIs become interfaces and attached volumes loop devices;
+//!   the façade over what it models:
+//!   * [`vpc`]: the VPC, its subnets and the router namespace joining them, where moto and
+//!     ZooKeeper are reachable at each subnet's gateway;
+//!   * [`host`]: the hosts, one network namespace per instance with its primary interface
+//!     and IMDS;
+//!   * [`hypervisor`]: the loop that makes EC2's attachments physical;
 //! * [`cleanup`]: nothing is left behind, even after a crash.
 //!
 //! Everything lives under [`root()`] (`/var/tmp/kafka-testbed`), one directory per world or
@@ -11,10 +17,13 @@
 
 pub mod aws;
 pub mod cleanup;
+pub mod host;
 pub mod http;
+pub mod hypervisor;
 pub mod imds;
 pub mod netns;
 pub mod process;
+pub mod vpc;
 pub mod world;
 pub mod zookeeper;
 
@@ -48,8 +57,12 @@ pub fn require_root() -> Result<()> {
 pub fn new_dir(prefix: &str) -> Result<(String, PathBuf)> {
     let id = format!("{prefix}{:06x}", rand::random::<u32>() & 0xff_ffff);
     let dir = root().join(&id);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::write(dir.join("owner"), std::process::id().to_string())?;
+    // The directory appears with its owner already in it (made under a hidden name, then
+    // renamed): a sweep running concurrently must never see it ownerless and take it.
+    let making = root().join(format!(".{id}.new"));
+    std::fs::create_dir_all(&making).with_context(|| format!("creating {}", making.display()))?;
+    std::fs::write(making.join("owner"), std::process::id().to_string())?;
+    std::fs::rename(&making, &dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok((id, dir))
 }
 

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
-use kafka_agent::testbed::{self, World, aws::ScopeSettings, netns, zookeeper::Ensemble};
+use kafka_testbed::{self as testbed, World, aws::ScopeSettings, netns, zookeeper::Ensemble};
 
 fn ec2(world: &World) -> aws_sdk_ec2::Client {
     aws_sdk_ec2::Client::new(&testbed::shared().moto.sdk_config(&world.scope))

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use kafka_agent::testbed::{Services, World};
+use kafka_testbed::{Services, World};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -94,7 +94,7 @@ pub async fn attach(agent: Option<PathBuf>, delay: f64, samples: usize) -> Resul
     let agent = agent_path(agent)?;
     let services = Services::start(1)?;
     let world = World::create(&services, &["a"]).await?;
-    let settings = kafka_agent::testbed::aws::ScopeSettings {
+    let settings = kafka_testbed::aws::ScopeSettings {
         attach_delay: Some(delay),
         detach_delay: Some(delay),
         ..Default::default()

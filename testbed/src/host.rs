@@ -1,0 +1,157 @@
+//! The hosts: one network namespace per running instance, with its primary interface `ens5`
+//! plugged into its subnet's bridge, IMDS on 169.254.169.254:80, and a directory holding its
+//! device view (`sys/`, `dev/`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::aws;
+use super::hypervisor::{Layout, Physical, release_volume};
+use super::imds::Imds;
+use super::netns;
+
+/// A running instance's host.
+pub(crate) struct Host {
+    pub(crate) ns: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) imds: Arc<Imds>,
+    pub(crate) imds_task: tokio::task::JoinHandle<()>,
+}
+
+pub(crate) fn boot(
+    l: &Layout,
+    p: &mut Physical,
+    info: &aws::InstanceInfo,
+    rt: &tokio::runtime::Handle,
+) -> Result<()> {
+    let subnet = l
+        .subnets
+        .iter()
+        .find(|s| s.id == info.subnet_id)
+        .context("instance in a subnet the world does not know")?;
+    let ns = format!("{}-{}", l.world, info.id);
+    let dir = l.dir.join("hosts").join(&info.id);
+    std::fs::create_dir_all(dir.join("sys/block"))?;
+    std::fs::create_dir_all(dir.join("dev"))?;
+    netns::delete(&ns)?;
+    netns::create(&ns)?;
+    netns::ip_in(&ns, &["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
+    p.counter += 1;
+    let vpc_side = format!("h{}", p.counter);
+    let tmp = format!("{}{}", l.world, p.counter);
+    netns::veth(&tmp, &ns, "ens5", info.mac.as_deref(), &l.vpc_ns, &vpc_side)?;
+    netns::ip_in(
+        &l.vpc_ns,
+        &["link", "set", &vpc_side, "master", &subnet.bridge, "up"],
+    )?;
+    let ip = info
+        .private_ip
+        .as_deref()
+        .context("instance without private IP")?;
+    netns::ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "ens5"])?;
+    netns::ip_in(&ns, &["link", "set", "ens5", "up"])?;
+    netns::ip_in(&ns, &["route", "add", "default", "via", &subnet.gateway])?;
+    // EC2 may hand a dead instance's address to a new one: forget the old MAC at the gateway.
+    let _ = netns::ip_in(&l.vpc_ns, &["neigh", "flush", "to", ip]);
+    let listener = netns::in_netns(&ns, || std::net::TcpListener::bind(("169.254.169.254", 80)))??;
+    listener.set_nonblocking(true)?;
+    let imds = Arc::new(Imds::default());
+    let server = imds.clone();
+    let imds_task = rt.spawn(async move {
+        if let Ok(l) = tokio::net::TcpListener::from_std(listener) {
+            server.serve(l).await;
+        }
+    });
+    p.hosts.insert(
+        info.id.clone(),
+        Host {
+            ns,
+            dir,
+            imds,
+            imds_task,
+        },
+    );
+    Ok(())
+}
+
+/// Takes a host down: its mounts, loop devices, interfaces and IMDS go away.
+pub(crate) fn halt(p: &mut Physical, instance_id: &str) {
+    let vols: Vec<String> = p
+        .volumes
+        .iter()
+        .filter(|(_, v)| v.instance_id == instance_id)
+        .map(|(id, _)| id.clone())
+        .collect();
+    let Some(host) = p.hosts.remove(instance_id) else {
+        return;
+    };
+    for v in vols {
+        if let Some(pv) = p.volumes.remove(&v) {
+            release_volume(&host.dir, &pv);
+        }
+    }
+    p.enis.retain(|_, e| e.instance_id != instance_id);
+    host.imds_task.abort();
+    let _ = netns::delete(&host.ns);
+}
+
+/// The host's own directory in the world's directory `world_dir`: its device view (`sys/`,
+/// `dev/`) and files.
+pub(crate) fn dir(world_dir: &Path, instance_id: &str) -> PathBuf {
+    world_dir.join("hosts").join(instance_id)
+}
+
+/// A command that runs on the host of namespace `ns`: in that namespace, with the AWS
+/// endpoint pointed at `aws_endpoint` and no credentials but the instance profile's (IMDS).
+pub(crate) fn command(ns: &str, program: &str, aws_endpoint: String) -> Command {
+    let mut cmd = netns::command(ns, program);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("AWS_ENDPOINT_URL", aws_endpoint);
+    cmd
+}
+
+/// The interface names inside the host of namespace `ns`, with their MAC addresses.
+pub(crate) fn links(ns: &str) -> Result<BTreeMap<String, String>> {
+    let out = netns::ip_in(ns, &["-o", "link", "show"])?;
+    let mut links = BTreeMap::new();
+    for line in out.lines() {
+        let name = line
+            .split(": ")
+            .nth(1)
+            .unwrap_or("")
+            .split('@')
+            .next()
+            .unwrap_or("");
+        if let Some(mac) = line
+            .split("link/ether ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+        {
+            links.insert(name.to_string(), mac.to_string());
+        }
+    }
+    Ok(links)
+}
+
+/// The block devices in the device view of the host whose directory is `host_dir`: node
+/// name -> serial.
+pub(crate) fn devices(host_dir: &Path) -> BTreeMap<String, String> {
+    let block = host_dir.join("sys/block");
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(block).into_iter().flatten().flatten() {
+        let serial = std::fs::read_to_string(e.path().join("device/serial")).unwrap_or_default();
+        out.insert(
+            e.file_name().to_string_lossy().into_owned(),
+            serial.trim().to_string(),
+        );
+    }
+    out
+}

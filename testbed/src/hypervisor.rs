@@ -1,0 +1,443 @@
+//! The hypervisor: makes EC2's attachments physical. A loop reads the VPC's state in EC2 and
+//! boots and halts hosts, plugs attached ENIs into them as interfaces and attached volumes as
+//! loop devices in their device view, and keeps each host's IMDS in line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::aws::{self, Ec2State, REGION};
+use super::host::{Host, boot, halt};
+use super::imds::{self, Metadata};
+use super::netns;
+use super::process::run;
+use super::vpc::Subnet;
+
+/// What the hypervisor has made physical: hosts, plugged ENIs and volumes.
+#[derive(Default)]
+pub(crate) struct Physical {
+    pub(crate) closed: bool,
+    pub(crate) hosts: BTreeMap<String, Host>,
+    pub(crate) enis: BTreeMap<String, PluggedEni>,
+    pub(crate) volumes: BTreeMap<String, PluggedVolume>,
+    pub(crate) counter: u32,
+    /// For how long IMDS reports a freshly attached ENI at device-number 0 (as EC2 may).
+    pub(crate) imds_stale_device_number: Duration,
+    /// When each (instance, ENI) attachment was first seen attached.
+    attached_since: BTreeMap<(String, String), Instant>,
+}
+
+pub(crate) struct PluggedEni {
+    pub(crate) instance_id: String,
+    vpc_side: String,
+}
+
+pub(crate) struct PluggedVolume {
+    pub(crate) instance_id: String,
+    loop_dev: Option<String>,
+    node: String,
+    /// GiB as plugged; a ModifyVolume that grows the volume grows the device.
+    size: u64,
+}
+
+/// Static facts the hypervisor needs besides the EC2 state.
+pub(crate) struct Layout {
+    pub(crate) world: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) vpc_id: String,
+    pub(crate) vpc_ns: String,
+    pub(crate) scope: String,
+    pub(crate) subnets: Vec<Subnet>,
+}
+
+/// The hypervisor's loop: every 100 ms, brings the physical side in line with the VPC's
+/// state in EC2 (moto on `port`).
+pub(crate) async fn run_loop(
+    layout: Arc<Layout>,
+    phys: Arc<Mutex<Physical>>,
+    port: u16,
+    handle: tokio::runtime::Handle,
+) {
+    loop {
+        match aws::state(port, &layout.vpc_id).await {
+            Ok(state) => {
+                let (l, p, h) = (layout.clone(), phys.clone(), handle.clone());
+                let r = tokio::task::spawn_blocking(move || {
+                    let mut p = p.lock().unwrap();
+                    reconcile(&l, &mut p, &state, &h)
+                })
+                .await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!("hypervisor: {e:#}");
+                }
+            }
+            Err(e) => tracing::warn!("hypervisor: reading EC2 state: {e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn present(status: &str) -> bool {
+    status == "attached" || status == "detaching"
+}
+
+/// Brings the physical side in line with EC2's state.
+fn reconcile(
+    l: &Layout,
+    p: &mut Physical,
+    state: &Ec2State,
+    rt: &tokio::runtime::Handle,
+) -> Result<()> {
+    if p.closed {
+        return Ok(());
+    }
+    let running: BTreeMap<&str, &aws::InstanceInfo> = state
+        .instances
+        .iter()
+        .filter(|i| i.state == "running")
+        .map(|i| (i.id.as_str(), i))
+        .collect();
+    let gone: Vec<String> = p
+        .hosts
+        .keys()
+        .filter(|h| !running.contains_key(h.as_str()))
+        .cloned()
+        .collect();
+    for h in gone {
+        halt(p, &h);
+    }
+    for (id, info) in &running {
+        if !p.hosts.contains_key(*id) {
+            boot(l, p, info, rt).with_context(|| format!("booting host {id}"))?;
+        }
+    }
+    // IMDS first: when a device appears, IMDS already tells about it.
+    let now = Instant::now();
+    let attached: BTreeSet<(String, String)> = state
+        .enis
+        .iter()
+        .filter_map(|e| {
+            let a = e.attachment.as_ref()?;
+            (a.status == "attached").then(|| (a.instance_id.clone(), e.id.clone()))
+        })
+        .collect();
+    p.attached_since.retain(|k, _| attached.contains(k));
+    for k in attached {
+        p.attached_since.entry(k).or_insert(now);
+    }
+    for (id, host) in &p.hosts {
+        let info = running[id.as_str()];
+        let mut interfaces: Vec<imds::Interface> = state
+            .enis
+            .iter()
+            .filter_map(|e| {
+                let a = e.attachment.as_ref()?;
+                let fresh = p
+                    .attached_since
+                    .get(&(id.clone(), e.id.clone()))
+                    .is_some_and(|t| now.duration_since(*t) < p.imds_stale_device_number);
+                (a.instance_id == *id && a.status == "attached").then(|| imds::Interface {
+                    mac: e.mac.clone(),
+                    device_number: if fresh { 0 } else { a.device_index },
+                    interface_id: e.id.clone(),
+                    local_ipv4s: e.private_ips.clone(),
+                    subnet_id: e.subnet_id.clone(),
+                    subnet_cidr: e.cidr.clone(),
+                    vpc_id: l.vpc_id.clone(),
+                })
+            })
+            .collect();
+        interfaces.sort_by_key(|i| i.device_number);
+        let md = Metadata {
+            instance_id: id.clone(),
+            instance_type: info.instance_type.clone(),
+            az: info.az.clone(),
+            region: REGION.into(),
+            account_id: "123456789012".into(),
+            private_ip: info.private_ip.clone().unwrap_or_default(),
+            mac: info.mac.clone().unwrap_or_default(),
+            interfaces,
+            access_key_id: l.scope.clone(),
+        };
+        *host.imds.metadata.write().unwrap() = md;
+    }
+    // ENIs (device index > 0; the primary is part of the host).
+    let want: BTreeMap<&str, &aws::EniInfo> = state
+        .enis
+        .iter()
+        .filter(|e| {
+            e.attachment.as_ref().is_some_and(|a| {
+                a.device_index > 0 && present(&a.status) && p.hosts.contains_key(&a.instance_id)
+            })
+        })
+        .map(|e| (e.id.as_str(), e))
+        .collect();
+    let stale: Vec<String> = p
+        .enis
+        .iter()
+        .filter(|(id, pe)| {
+            want.get(id.as_str())
+                .is_none_or(|e| e.attachment.as_ref().unwrap().instance_id != pe.instance_id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        let pe = p.enis.remove(&id).unwrap();
+        let _ = netns::ip_in(&l.vpc_ns, &["link", "delete", &pe.vpc_side]);
+    }
+    for (id, eni) in want {
+        if !p.enis.contains_key(id) {
+            plug_eni(l, p, eni).with_context(|| format!("plugging {id}"))?;
+        }
+    }
+    // Volumes.
+    let want: BTreeMap<&str, &aws::VolumeInfo> = state
+        .volumes
+        .iter()
+        .filter(|v| {
+            v.attachment
+                .as_ref()
+                .is_some_and(|a| present(&a.status) && p.hosts.contains_key(&a.instance_id))
+        })
+        .map(|v| (v.id.as_str(), v))
+        .collect();
+    let stale: Vec<String> = p
+        .volumes
+        .iter()
+        .filter(|(id, pv)| {
+            want.get(id.as_str())
+                .is_none_or(|v| v.attachment.as_ref().unwrap().instance_id != pv.instance_id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        unplug_volume(l, p, &id);
+    }
+    for (id, vol) in want {
+        if !p.volumes.contains_key(id) {
+            let host = running.get(vol.attachment.as_ref().unwrap().instance_id.as_str());
+            let root =
+                host.is_some_and(|i| i.root_device_name == vol.attachment.as_ref().unwrap().device);
+            let xen = host.is_some_and(|i| xen(&i.instance_type));
+            plug_volume(l, p, vol, root, xen).with_context(|| format!("plugging {id}"))?;
+        }
+        grow_volume(l, p, vol).with_context(|| format!("growing {id}"))?;
+    }
+    Ok(())
+}
+
+/// A volume modified to a larger size: grow its image and tell the loop device.
+fn grow_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo) -> Result<()> {
+    let Some(pv) = p.volumes.get_mut(&vol.id) else {
+        return Ok(());
+    };
+    let Some(dev) = pv.loop_dev.clone() else {
+        return Ok(());
+    };
+    if vol.size <= pv.size {
+        return Ok(());
+    }
+    let image = l.dir.join("volumes").join(format!("{}.img", vol.id));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)?
+        .set_len(vol.size * 1024 * 1024 * 1024)?;
+    run("losetup", &["-c", &dev])?;
+    let host_dir = p.hosts[&pv.instance_id].dir.clone();
+    let sectors = vol.size * 1024 * 1024 * 1024 / 512;
+    std::fs::write(
+        host_dir.join("sys/block").join(&pv.node).join("size"),
+        format!("{sectors}\n"),
+    )?;
+    pv.size = vol.size;
+    Ok(())
+}
+
+fn plug_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<()> {
+    let a = eni.attachment.as_ref().unwrap();
+    let host = &p.hosts[&a.instance_id];
+    let subnet = l
+        .subnets
+        .iter()
+        .find(|s| s.id == eni.subnet_id)
+        .context("ENI in a subnet the world does not know")?;
+    let ns = host.ns.clone();
+    p.counter += 1;
+    let vpc_side = format!("e{}", p.counter);
+    let tmp = format!("{}{}", l.world, p.counter);
+    let name = format!("ens{}", 5 + a.device_index);
+    netns::veth(&tmp, &ns, &name, Some(&eni.mac), &l.vpc_ns, &vpc_side)?;
+    netns::ip_in(
+        &l.vpc_ns,
+        &["link", "set", &vpc_side, "master", &subnet.bridge, "up"],
+    )?;
+    p.enis.insert(
+        eni.id.clone(),
+        PluggedEni {
+            instance_id: a.instance_id.clone(),
+            vpc_side,
+        },
+    );
+    Ok(())
+}
+
+/// Whether an instance type is Xen-based (no NVMe: EBS volumes appear as `xvd*` without a
+/// serial, under the name they were attached as).
+pub fn xen(instance_type: &str) -> bool {
+    let family = instance_type.split('.').next().unwrap_or("");
+    matches!(
+        family,
+        "t1" | "t2"
+            | "m1"
+            | "m2"
+            | "m3"
+            | "m4"
+            | "c1"
+            | "c3"
+            | "c4"
+            | "r3"
+            | "r4"
+            | "i2"
+            | "d2"
+            | "x1"
+            | "x1e"
+            | "p2"
+            | "p3"
+            | "g2"
+            | "g3"
+            | "h1"
+            | "f1"
+    )
+}
+
+/// The kernel name of a volume attached as `device` (`/dev/sdf`) on a Xen instance: `xvdf`.
+fn xen_name(device: &str) -> String {
+    let base = device.trim_start_matches("/dev/");
+    let suffix = base
+        .strip_prefix("xvd")
+        .or_else(|| base.strip_prefix("sd"))
+        .unwrap_or(base);
+    // A partition name (`sda1`, the root) names its whole disk.
+    format!(
+        "xvd{}",
+        suffix.trim_end_matches(|c: char| c.is_ascii_digit())
+    )
+}
+
+fn plug_volume(
+    l: &Layout,
+    p: &mut Physical,
+    vol: &aws::VolumeInfo,
+    root: bool,
+    xen: bool,
+) -> Result<()> {
+    let a = vol.attachment.as_ref().unwrap();
+    let host_dir = p.hosts[&a.instance_id].dir.clone();
+    let used: BTreeSet<&str> = p
+        .volumes
+        .values()
+        .filter(|v| v.instance_id == a.instance_id)
+        .map(|v| v.node.as_str())
+        .collect();
+    let node = if xen {
+        xen_name(&a.device)
+    } else if root {
+        "nvme0n1".to_string()
+    } else {
+        (1..)
+            .map(|k| format!("nvme{k}n1"))
+            .find(|n| !used.contains(n.as_str()))
+            .unwrap()
+    };
+    let sys = host_dir.join("sys/block").join(&node);
+    // What makes the device visible comes last: the serial on NVMe; without NVMe (no serial)
+    // the sysfs entry itself, prepared under another name and renamed.
+    let building = if xen {
+        host_dir.join("sys").join(format!(".plugging-{node}"))
+    } else {
+        sys.clone()
+    };
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir_all(building.join("device"))?;
+    if !xen {
+        std::fs::write(
+            building.join("device/model"),
+            "Amazon Elastic Block Store\n",
+        )?;
+    }
+    let sectors = vol.size * 1024 * 1024 * 1024 / 512;
+    std::fs::write(building.join("size"), format!("{sectors}\n"))?;
+    let mut loop_dev = None;
+    if !root {
+        // The root disk is only described; data volumes are real loop devices.
+        let images = l.dir.join("volumes");
+        std::fs::create_dir_all(&images)?;
+        let image = images.join(format!("{}.img", vol.id));
+        if !image.exists() {
+            let f = std::fs::File::create(&image)?;
+            f.set_len(vol.size * 1024 * 1024 * 1024)?;
+        }
+        let dev = run("losetup", &["--find", "--show", &image.to_string_lossy()])?
+            .trim()
+            .to_string();
+        let rdev = nix::sys::stat::stat(dev.as_str())?.st_rdev;
+        let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+        std::fs::write(building.join("dev"), format!("{major}:{minor}\n"))?;
+        let node_path = host_dir.join("dev").join(&node);
+        let _ = std::fs::remove_file(&node_path);
+        nix::sys::stat::mknod(
+            &node_path,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o660),
+            rdev,
+        )
+        .with_context(|| format!("mknod {}", node_path.display()))?;
+        loop_dev = Some(dev);
+    }
+    if xen {
+        let _ = std::fs::remove_dir_all(&sys);
+        std::fs::rename(&building, &sys)?;
+    } else {
+        std::fs::write(
+            sys.join("device/serial"),
+            format!("{}\n", vol.id.replace('-', "")),
+        )?;
+    }
+    p.volumes.insert(
+        vol.id.clone(),
+        PluggedVolume {
+            instance_id: a.instance_id.clone(),
+            loop_dev,
+            node,
+            size: vol.size,
+        },
+    );
+    Ok(())
+}
+
+fn unplug_volume(_l: &Layout, p: &mut Physical, id: &str) {
+    let Some(pv) = p.volumes.remove(id) else {
+        return;
+    };
+    if let Some(host) = p.hosts.get(&pv.instance_id) {
+        release_volume(&host.dir, &pv);
+    }
+}
+
+/// Yanks a volume from a host: lazy-unmounts whatever uses it, frees the loop device, removes
+/// the device view entries.
+pub(crate) fn release_volume(host_dir: &Path, pv: &PluggedVolume) {
+    if let Some(dev) = &pv.loop_dev {
+        super::cleanup::unmount_device(dev);
+        let _ = run("losetup", &["-d", dev]);
+    }
+    let _ = std::fs::remove_dir_all(host_dir.join("sys/block").join(&pv.node));
+    let node = host_dir.join("dev").join(&pv.node);
+    if std::fs::symlink_metadata(&node).is_ok_and(|m| m.file_type().is_block_device()) {
+        let _ = std::fs::remove_file(node);
+    }
+}

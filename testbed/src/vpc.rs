@@ -1,0 +1,134 @@
+//! The VPC: its subnets in EC2 and the router namespace that joins them, one bridge per subnet
+//! with the gateway at `.1`, where this machine's services (moto, ZooKeeper) are exposed.
+
+use anyhow::{Context, Result};
+
+use super::aws::REGION;
+use super::netns;
+
+/// One subnet of the world's VPC.
+#[derive(Debug, Clone)]
+pub struct Subnet {
+    pub id: String,
+    pub az: String,
+    pub cidr: String,
+    pub gateway: String,
+    pub(crate) bridge: String,
+}
+
+/// Creates a VPC in EC2 with one /24 subnet per AZ suffix (e.g. `["a", "b"]`): the k-th
+/// (from 1) is `10.0.k.0/24`, gateway `10.0.k.1` on bridge `brk`. Returns the VPC's id.
+pub(crate) async fn create(
+    admin: &aws_sdk_ec2::Client,
+    azs: &[&str],
+) -> Result<(String, Vec<Subnet>)> {
+    let vpc_id = admin
+        .create_vpc()
+        .cidr_block("10.0.0.0/16")
+        .send()
+        .await
+        .context("creating the world's VPC")?
+        .vpc
+        .and_then(|v| v.vpc_id)
+        .context("CreateVpc returned no id")?;
+    let mut subnets = Vec::new();
+    for (k, az) in azs.iter().enumerate() {
+        let cidr = format!("10.0.{}.0/24", k + 1);
+        let az = format!("{REGION}{az}");
+        let subnet = admin
+            .create_subnet()
+            .vpc_id(&vpc_id)
+            .cidr_block(&cidr)
+            .availability_zone(&az)
+            .send()
+            .await
+            .with_context(|| format!("creating subnet {cidr} in {az}"))?
+            .subnet
+            .and_then(|s| s.subnet_id)
+            .context("CreateSubnet returned no id")?;
+        subnets.push(Subnet {
+            id: subnet,
+            az,
+            gateway: format!("10.0.{}.1", k + 1),
+            cidr,
+            bridge: format!("br{}", k + 1),
+        });
+    }
+    Ok((vpc_id, subnets))
+}
+
+/// Builds the router namespace `vpc_ns`: forwarding on, one bridge per subnet holding its
+/// gateway address.
+pub(crate) fn build_router(vpc_ns: &str, subnets: &[Subnet]) -> Result<()> {
+    netns::create(vpc_ns)?;
+    netns::sysctl(vpc_ns, "net.ipv4.ip_forward", "1")?;
+    for s in subnets {
+        netns::ip_in(vpc_ns, &["link", "add", &s.bridge, "type", "bridge"])?;
+        netns::ip_in(
+            vpc_ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/24", s.gateway),
+                "dev",
+                &s.bridge,
+            ],
+        )?;
+        netns::ip_in(vpc_ns, &["link", "set", &s.bridge, "up"])?;
+    }
+    Ok(())
+}
+
+/// Makes a service on this machine's loopback `port` reachable from every host at its
+/// subnet gateway, same port: binds the port in the router namespace `vpc_ns` and returns
+/// the proxy to run.
+pub(crate) fn expose(vpc_ns: &str, port: u16) -> Result<impl Future<Output = ()> + use<>> {
+    let listener = netns::in_netns(vpc_ns, move || {
+        std::net::TcpListener::bind(("0.0.0.0", port))
+    })?
+    .with_context(|| format!("binding the service proxy on port {port}"))?;
+    listener.set_nonblocking(true)?;
+    Ok(proxy(listener, port))
+}
+
+async fn proxy(listener: std::net::TcpListener, port: u16) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// The gateway a host's default route (in its namespace `host_ns`) goes through.
+pub(crate) fn gateway_of(host_ns: &str, instance_id: &str) -> Result<String> {
+    let routes = netns::ip_in(host_ns, &["route", "show", "default"])
+        .with_context(|| format!("{instance_id} has no host"))?;
+    routes
+        .split_whitespace()
+        .skip_while(|w| *w != "via")
+        .nth(1)
+        .map(str::to_string)
+        .with_context(|| format!("{instance_id} has no default route"))
+}
+
+/// The URL of a service on `port` as a host behind `gateway` reaches it.
+pub(crate) fn http_url(gateway: &str, port: u16) -> String {
+    format!("http://{gateway}:{port}")
+}
+
+/// A connect string for services on `ports` as a host behind `gateway` reaches them.
+pub(crate) fn connect_string(gateway: &str, ports: &[u16]) -> String {
+    ports
+        .iter()
+        .map(|p| format!("{gateway}:{p}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
