@@ -11,16 +11,15 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use aws_sdk_ec2::error::ProvideErrorMetadata;
-use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 
 use crate::aws::Clients;
-use crate::aws::{aws_error, is_transient, retry_transient};
+use crate::aws::ec2::{Liveness, ResourceKind as Kind};
+use crate::aws::imds::Identity;
+use crate::aws::{is_transient, retry_transient};
 use crate::backoff::Backoff;
 use crate::claim::Claim;
 use crate::config::Settings;
-use crate::identity::Identity;
 
 /// Who holds a resource now, as EC2 reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,18 +70,14 @@ pub fn decide(holder: &Holder) -> Action {
             instance,
             instance_state,
             ..
-        } => match instance_state.as_deref() {
-            None => Action::ForceDetach {
-                holder: instance.clone(),
-                why: "its instance is gone".into(),
-            },
-            Some(s @ ("terminated" | "shutting-down")) => Action::ForceDetach {
+        } => match Liveness::of(instance_state.as_deref()) {
+            Liveness::Dead(s) => Action::ForceDetach {
                 holder: instance.clone(),
                 why: format!("its instance is {s}"),
             },
-            Some(s) => Action::HolderAlive {
+            Liveness::Alive(s) => Action::HolderAlive {
                 holder: instance.clone(),
-                state: s.to_string(),
+                state: s,
             },
         },
     }
@@ -130,43 +125,6 @@ pub struct Attachment {
     pub elapsed_ms: u64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Kind {
-    Eni,
-    Volume,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Eni => "ENI",
-            Kind::Volume => "volume",
-        }
-    }
-}
-
-fn filters(settings: &Settings, id: u32, az: Option<&str>) -> Vec<Filter> {
-    let tags = &settings.tags;
-    let f = |name: String, value: String| Filter::builder().name(name).values(value).build();
-    let mut out = vec![f(format!("tag:{}", tags.id_key), tags.format_id(id))];
-    if !tags.cluster_key.is_empty() {
-        out.push(f(
-            format!("tag:{}", tags.cluster_key),
-            settings.cluster.name.clone(),
-        ));
-    }
-    if !tags.role_key.is_empty() {
-        out.push(f(
-            format!("tag:{}", tags.role_key),
-            settings.cluster.role.to_string(),
-        ));
-    }
-    if let Some(az) = az {
-        out.push(f("availability-zone".into(), az.to_string()));
-    }
-    out
-}
-
 /// (id, AZ) of every resource of `kind` tagged for `id`, in `az` or anywhere.
 async fn find(
     settings: &Settings,
@@ -175,41 +133,14 @@ async fn find(
     id: u32,
     az: Option<&str>,
 ) -> Result<Vec<(String, String)>> {
-    let filters = filters(settings, id, az);
-    Ok(match kind {
-        Kind::Eni => clients
-            .ec2
-            .describe_network_interfaces()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .map_err(|e| aws_error(e, "finding the id's ENI"))?
-            .network_interfaces()
-            .iter()
-            .map(|e| {
-                (
-                    e.network_interface_id().unwrap_or_default().to_string(),
-                    e.availability_zone().unwrap_or_default().to_string(),
-                )
-            })
-            .collect(),
-        Kind::Volume => clients
-            .ec2
-            .describe_volumes()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .map_err(|e| aws_error(e, "finding the id's volume"))?
-            .volumes()
-            .iter()
-            .map(|v| {
-                (
-                    v.volume_id().unwrap_or_default().to_string(),
-                    v.availability_zone().unwrap_or_default().to_string(),
-                )
-            })
-            .collect(),
-    })
+    let tags = settings.resource_tags(Some(id));
+    Ok(clients
+        .ec2
+        .tagged(kind, &tags, az)
+        .await?
+        .into_iter()
+        .map(|r| (r.id, r.az))
+        .collect())
 }
 
 /// Exactly one resource of `kind` for `id` in this AZ, or an error listing what was found.
@@ -251,131 +182,23 @@ async fn observe(
     kind: Kind,
     resource: &str,
 ) -> Result<(Holder, Option<String>, Vec<String>)> {
-    let (holder, attachment, state, ips) = match kind {
-        Kind::Eni => {
-            let out = clients
-                .ec2
-                .describe_network_interfaces()
-                .network_interface_ids(resource)
-                .send()
-                .await
-                .map_err(|e| aws_error(e, &format!("describing {resource}")))?;
-            let eni = out
-                .network_interfaces()
-                .first()
-                .with_context(|| format!("{resource} vanished"))?;
-            let ips = eni
-                .private_ip_addresses()
-                .iter()
-                .filter_map(|a| a.private_ip_address().map(str::to_string))
-                .collect();
-            match eni.attachment() {
-                Some(a) if a.instance_id().is_some() => (
-                    a.instance_id().map(str::to_string),
-                    a.attachment_id().map(str::to_string),
-                    a.status()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                    ips,
-                ),
-                _ => (None, None, String::new(), ips),
-            }
-        }
-        Kind::Volume => {
-            let out = clients
-                .ec2
-                .describe_volumes()
-                .volume_ids(resource)
-                .send()
-                .await
-                .map_err(|e| aws_error(e, &format!("describing {resource}")))?;
-            let vol = out
-                .volumes()
-                .first()
-                .with_context(|| format!("{resource} vanished"))?;
-            match vol.attachments().first() {
-                Some(a) => (
-                    a.instance_id().map(str::to_string),
-                    None,
-                    a.state()
-                        .map(|s| s.as_str().to_string())
-                        .unwrap_or_default(),
-                    Vec::new(),
-                ),
-                None => (None, None, String::new(), Vec::new()),
-            }
+    let r = clients.ec2.describe(kind, resource).await?;
+    let (holder, attachment) = match r.attachment {
+        None => (Holder::Nobody, None),
+        Some(a) if a.instance == me.instance_id => (Holder::Me(a.state), a.id),
+        Some(a) => {
+            let instance_state = clients.ec2.instance_state(&a.instance).await?;
+            (
+                Holder::Other {
+                    instance: a.instance,
+                    attachment: a.state,
+                    instance_state,
+                },
+                a.id,
+            )
         }
     };
-    let holder = match holder {
-        None => Holder::Nobody,
-        Some(i) if i == me.instance_id => Holder::Me(state),
-        Some(instance) => {
-            let instance_state = instance_state(clients, &instance).await?;
-            Holder::Other {
-                instance,
-                attachment: state,
-                instance_state,
-            }
-        }
-    };
-    Ok((holder, attachment, ips))
-}
-
-async fn instance_state(clients: &Clients, instance: &str) -> Result<Option<String>> {
-    let out = clients
-        .ec2
-        .describe_instances()
-        .filters(
-            Filter::builder()
-                .name("instance-id")
-                .values(instance)
-                .build(),
-        )
-        .send()
-        .await
-        .map_err(|e| aws_error(e, &format!("describing {instance}")))?;
-    Ok(out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .find(|i| i.instance_id() == Some(instance))
-        .and_then(|i| i.state().and_then(|s| s.name()))
-        .map(|s| s.as_str().to_string()))
-}
-
-/// A refusal that means "someone else moved first": look again.
-fn is_race(code: Option<&str>) -> bool {
-    matches!(
-        code,
-        Some(
-            "VolumeInUse"
-                | "InvalidNetworkInterface.InUse"
-                | "IncorrectState"
-                | "IncorrectInstanceState"
-                | "InvalidAttachment.NotFound"
-                | "InvalidParameterValue"
-        )
-    )
-}
-
-/// A mutating call's outcome: done, or refused because someone moved first (then the caller
-/// looks again), or failed.
-fn tolerate_race<T, E, R>(
-    result: std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>,
-    doing: &str,
-) -> Result<()>
-where
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
-{
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if is_race(e.code()) => {
-            tracing::info!(error = %aws_error(e, doing), "refused; looking again");
-            Ok(())
-        }
-        Err(e) => Err(aws_error(e, doing)),
-    }
+    Ok((holder, attachment, r.ips))
 }
 
 async fn attach_call(
@@ -385,30 +208,20 @@ async fn attach_call(
     kind: Kind,
     resource: &str,
 ) -> Result<()> {
-    let doing = format!("attaching {resource}");
+    let res = &settings.resources;
     match kind {
-        Kind::Eni => tolerate_race(
+        Kind::Eni => {
             clients
                 .ec2
-                .attach_network_interface()
-                .network_interface_id(resource)
-                .instance_id(&me.instance_id)
-                .device_index(settings.resources.eni_device_index as i32)
-                .send()
-                .await,
-            &doing,
-        ),
-        Kind::Volume => tolerate_race(
+                .attach_eni(resource, &me.instance_id, res.eni_device_index as i32)
+                .await
+        }
+        Kind::Volume => {
             clients
                 .ec2
-                .attach_volume()
-                .volume_id(resource)
-                .instance_id(&me.instance_id)
-                .device(&settings.resources.volume_device)
-                .send()
-                .await,
-            &doing,
-        ),
+                .attach_volume(resource, &me.instance_id, &res.volume_device)
+                .await
+        }
     }
 }
 
@@ -419,32 +232,12 @@ async fn force_detach(
     attachment: Option<&str>,
     holder: &str,
 ) -> Result<()> {
-    let doing = format!("detaching {resource} from {holder}");
     match kind {
         Kind::Eni => {
             let aid = attachment.with_context(|| format!("{resource} has no attachment id"))?;
-            tolerate_race(
-                clients
-                    .ec2
-                    .detach_network_interface()
-                    .attachment_id(aid)
-                    .force(true)
-                    .send()
-                    .await,
-                &doing,
-            )
+            clients.ec2.force_detach_eni(resource, aid, holder).await
         }
-        Kind::Volume => tolerate_race(
-            clients
-                .ec2
-                .detach_volume()
-                .volume_id(resource)
-                .instance_id(holder)
-                .force(true)
-                .send()
-                .await,
-            &doing,
-        ),
+        Kind::Volume => clients.ec2.force_detach_volume(resource, holder).await,
     }
 }
 

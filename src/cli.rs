@@ -42,9 +42,9 @@ pub enum Command {
         dry_run: bool,
     },
     /// Mount the attached volume at the data directory, formatting only a volume tagged new
-    /// and checking the data belongs to this id (step 2, storage); prints what it did.
+    /// and checking the data belongs to this id (step 3); prints what it did.
     Mount,
-    /// Route the attached ENI: address, table 10000+device-number, rules (step 3).
+    /// Route the attached ENI: address, table 10000+device-number, rules (step 4).
     Route,
     /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
     Config {
@@ -60,7 +60,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Claim { dry_run, json } => {
             let settings = config::load(&cli.config)?;
             let clients = crate::aws::Clients::from_env().await;
-            let me = crate::identity::Identity::from_imds().await?;
+            let me = crate::aws::imds::Identity::from_imds().await?;
             if dry_run {
                 let plan = crate::claim::dry_run(&settings, &clients, &me).await?;
                 println!("{plan}");
@@ -80,7 +80,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Attach { dry_run } => {
             let settings = config::load(&cli.config)?;
             let clients = crate::aws::Clients::from_env().await;
-            let me = crate::identity::Identity::from_imds().await?;
+            let me = crate::aws::imds::Identity::from_imds().await?;
             let done = crate::attach::run(&settings, &clients, &me, dry_run).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())

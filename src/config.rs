@@ -679,6 +679,23 @@ impl Settings {
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings serialize to TOML")
     }
+
+    /// The tags (key, value) every resource of this cluster and role carries, plus the id tag
+    /// of `id` when given: the tag contract, as the EC2 seam asks for it.
+    pub fn resource_tags(&self, id: Option<u32>) -> Vec<(String, String)> {
+        let tags = &self.tags;
+        let mut out = Vec::new();
+        if let Some(id) = id {
+            out.push((tags.id_key.clone(), tags.format_id(id)));
+        }
+        if !tags.cluster_key.is_empty() {
+            out.push((tags.cluster_key.clone(), self.cluster.name.clone()));
+        }
+        if !tags.role_key.is_empty() {
+            out.push((tags.role_key.clone(), self.cluster.role.to_string()));
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -2,16 +2,19 @@
 //! boot, with no human in the loop:
 //!
 //! 1. claim a unique broker id / myid (ZooKeeper or CloudWatch Logs);
-//! 2. attach the ENI and EBS volume tagged for that id, taking them over from a dead owner;
-//! 3. route the ENI through netlink;
-//! 4. mount the volume and check the data belongs to this id and cluster;
+//! 2. attach the ENI and EBS volume tagged for that id, taking them over from a dead owner
+//!    ([`attach`]);
+//! 3. mount the volume and check the data belongs to this id and cluster ([`storage`]);
+//! 4. route the ENI through netlink ([`network`]);
 //! 5. render the Kafka or ZooKeeper configuration;
 //! 6. signal CloudFormation / the lifecycle hook;
 //! 7. answer `kafka-agent status`.
 //!
-//! Each step observes the world, plans the difference and applies only that. This crate is
-//! at the foundation stage: configuration and the AWS seam; the testbed (feature `testbed`)
-//! simulates the world the steps run in.
+//! Step 1 is [`claim`]. Each step observes the world, plans the difference and applies only
+//! that; the outside systems are asked through their seams in [`aws`] (EC2, CloudWatch Logs,
+//! IMDS), [`claim::zookeeper`], [`network`] (netlink) and [`storage`] (block devices). Steps
+//! 5 to 7 and the one-shot `boot` arrive issue by issue. The simulated world the tests run in
+//! is the separate crate `kafka-testbed` (testbed/), never part of this one.
 
 pub mod attach;
 pub mod aws;
@@ -20,10 +23,6 @@ pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod exit;
-pub mod identity;
 pub mod journal;
 pub mod network;
 pub mod storage;
-
-#[cfg(feature = "testbed")]
-pub mod testbed;

@@ -1,4 +1,4 @@
-//! Step 3: route the ENI, through netlink only (as amazon-ec2-net-utils does it).
+//! Step 4: route the ENI, through netlink only (as amazon-ec2-net-utils does it).
 //!
 //! The ENI's interface is found by its MAC (waiting for it to appear), brought up and given
 //! the ENI's private IPs with the subnet's prefix length. Table `10000 + device-number` holds
@@ -17,17 +17,8 @@ use rtnetlink::packet_route::rule::{RuleAction, RuleAttribute};
 use rtnetlink::{Handle, IpVersion, LinkUnspec, RouteMessageBuilder};
 use serde::Serialize;
 
+pub use crate::aws::imds::{EniFacts, parse_cidr};
 use crate::config::Settings;
-
-/// What IMDS says about the ENI.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EniFacts {
-    pub mac: String,
-    pub device_number: u32,
-    pub ips: Vec<Ipv4Addr>,
-    pub subnet: Ipv4Addr,
-    pub prefix: u8,
-}
 
 /// The desired routing, as plain data.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,69 +41,6 @@ pub fn plan(facts: &EniFacts) -> Result<Routing> {
         subnet: format!("{}/{}", facts.subnet, facts.prefix),
         ips: facts.ips.clone(),
     })
-}
-
-/// Parses `10.0.1.0/24`.
-pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
-    let (a, p) = cidr.trim().split_once('/').context("CIDR without /")?;
-    let prefix: u8 = p.parse().context("CIDR prefix")?;
-    if prefix > 32 {
-        bail!("CIDR prefix {prefix} > 32");
-    }
-    let addr: Ipv4Addr = a.parse().context("CIDR address")?;
-    let mask = if prefix == 0 {
-        0
-    } else {
-        u32::MAX << (32 - prefix)
-    };
-    Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
-}
-
-/// Reads the ENI's facts from IMDS, waiting while IMDS does not list it yet or reports the
-/// transient device-number 0 of a fresh attachment.
-pub async fn facts_from_imds(eni: &str, deadline: Instant) -> Result<EniFacts> {
-    let imds = aws_config::imds::Client::builder().build();
-    let get = |p: String| {
-        let imds = imds.clone();
-        async move {
-            imds.get(p.clone())
-                .await
-                .map(|v| v.as_ref().trim().to_string())
-                .with_context(|| format!("reading {p} from IMDS"))
-        }
-    };
-    let base = "/latest/meta-data/network/interfaces/macs/";
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(100), Duration::from_secs(1), deadline);
-    loop {
-        for mac in get(base.to_string()).await?.lines() {
-            let mac = mac.trim_end_matches('/');
-            if get(format!("{base}{mac}/interface-id")).await? != eni {
-                continue;
-            }
-            let device_number: u32 = get(format!("{base}{mac}/device-number")).await?.parse()?;
-            if device_number == 0 {
-                break; // seen briefly for fresh attachments: ask again
-            }
-            let ips = get(format!("{base}{mac}/local-ipv4s"))
-                .await?
-                .lines()
-                .map(|l| l.parse())
-                .collect::<Result<Vec<Ipv4Addr>, _>>()?;
-            let (subnet, prefix) =
-                parse_cidr(&get(format!("{base}{mac}/subnet-ipv4-cidr-block")).await?)?;
-            return Ok(EniFacts {
-                mac: mac.to_string(),
-                device_number,
-                ips,
-                subnet,
-                prefix,
-            });
-        }
-        if !backoff.wait().await {
-            bail!("IMDS does not list {eni} with a device number by the boot deadline");
-        }
-    }
 }
 
 fn mac_bytes(mac: &str) -> Result<Vec<u8>> {
@@ -284,7 +212,9 @@ pub async fn run_step(settings: &Settings) -> Result<Routed> {
     let eni = attached["eni"]["id"]
         .as_str()
         .context("the attach journal names no ENI")?;
-    let facts = facts_from_imds(eni, deadline).await?;
+    let facts = crate::aws::imds::Imds::new()
+        .eni_facts(eni, deadline)
+        .await?;
     let routed = apply(&facts, deadline).await?;
     crate::journal::record(&settings.paths.state_dir, "network", &routed)?;
     Ok(routed)

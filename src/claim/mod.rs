@@ -16,14 +16,15 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
-use aws_sdk_ec2::types::Filter;
 use serde::{Deserialize, Serialize};
 
 use crate::aws::Clients;
-use crate::aws::{Transient, aws_error, is_transient};
+pub use crate::aws::ec2::Liveness;
+use crate::aws::ec2::ResourceKind;
+use crate::aws::imds::Identity;
+use crate::aws::{Transient, is_transient};
 use crate::backoff::Backoff;
 use crate::config::{Backend, Settings};
-use crate::identity::Identity;
 
 /// A claim record: who holds an id, since when, at which epoch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,13 +47,6 @@ pub struct Slot {
     pub epoch: u64,
     /// How long the slot has existed, where the ledger knows.
     pub age: Option<Duration>,
-}
-
-/// Whether a record's owner still runs, as EC2 reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Liveness {
-    Alive(String),
-    Dead(String),
 }
 
 /// Everything the plan depends on.
@@ -413,60 +407,25 @@ async fn eligibility(
         return Ok(out);
     }
     let tags = &settings.tags;
-    let mut filters = Vec::new();
-    if !tags.cluster_key.is_empty() {
-        filters.push(tag_filter(&tags.cluster_key, &settings.cluster.name));
-    }
-    if !tags.role_key.is_empty() {
-        filters.push(tag_filter(
-            &tags.role_key,
-            &settings.cluster.role.to_string(),
-        ));
-    }
+    let selector = settings.resource_tags(None);
     // id -> kind -> AZs
     let mut found: BTreeMap<u32, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
-    let note = |found: &mut BTreeMap<u32, BTreeMap<&'static str, BTreeSet<String>>>,
-                kind: &'static str,
-                resource_tags: &[aws_sdk_ec2::types::Tag],
-                az: Option<&str>| {
-        let id = resource_tags
-            .iter()
-            .find(|t| t.key() == Some(tags.id_key.as_str()))
-            .and_then(|t| tags.parse_id(t.value().unwrap_or("")));
-        if let (Some(id), Some(az)) = (id, az) {
-            found
-                .entry(id)
-                .or_default()
-                .entry(kind)
-                .or_default()
-                .insert(az.to_string());
+    for (kind, wanted) in [
+        (ResourceKind::Eni, res.eni),
+        (ResourceKind::Volume, res.volume),
+    ] {
+        if !wanted {
+            continue;
         }
-    };
-    if res.eni {
-        let mut pages = clients
-            .ec2
-            .describe_network_interfaces()
-            .set_filters(Some(filters.clone()))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(e, "describing the cluster's ENIs"))?;
-            for eni in page.network_interfaces() {
-                note(&mut found, "ENI", eni.tag_set(), eni.availability_zone());
-            }
-        }
-    }
-    if res.volume {
-        let mut pages = clients
-            .ec2
-            .describe_volumes()
-            .set_filters(Some(filters))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(e, "describing the cluster's volumes"))?;
-            for vol in page.volumes() {
-                note(&mut found, "volume", vol.tags(), vol.availability_zone());
+        for r in clients.ec2.tagged(kind, &selector, None).await? {
+            let id = r.tags.get(&tags.id_key).and_then(|v| tags.parse_id(v));
+            if let Some(id) = id {
+                found
+                    .entry(id)
+                    .or_default()
+                    .entry(kind.name())
+                    .or_default()
+                    .insert(r.az);
             }
         }
     }
@@ -493,13 +452,6 @@ async fn eligibility(
     Ok(out)
 }
 
-fn tag_filter(key: &str, value: &str) -> Filter {
-    Filter::builder()
-        .name(format!("tag:{key}"))
-        .values(value)
-        .build()
-}
-
 /// EC2 keeps a terminated instance visible for about an hour; a claim older than this whose
 /// owner EC2 does not list as terminated is checked for an owner that is gone altogether.
 pub const GONE_CHECK_AFTER: Duration = Duration::from_secs(30 * 60);
@@ -522,7 +474,7 @@ async fn liveness(
         return Ok(out);
     }
     let ids: Vec<String> = owners.keys().cloned().collect();
-    for (id, state) in instance_states(clients, &ids, &["terminated", "shutting-down"]).await? {
+    for (id, state) in clients.ec2.dead_among(&ids).await? {
         out.insert(id, Liveness::Dead(state));
     }
     let now = now_secs();
@@ -535,46 +487,10 @@ async fn liveness(
         .map(|(o, _)| o.clone())
         .collect();
     if !old.is_empty() {
-        let present = instance_states(clients, &old, &[]).await?;
+        let present = clients.ec2.instance_states(&old, &[]).await?;
         for o in old {
-            let l = match present.get(&o) {
-                Some(state) => Liveness::Alive(state.clone()),
-                None => Liveness::Dead("gone".into()),
-            };
+            let l = Liveness::of(present.get(&o).map(String::as_str));
             out.insert(o, l);
-        }
-    }
-    Ok(out)
-}
-
-/// The state of each of `ids` that EC2 lists, optionally only those in `states`.
-async fn instance_states(
-    clients: &Clients,
-    ids: &[String],
-    states: &[&str],
-) -> Result<BTreeMap<String, String>> {
-    let mut req = clients.ec2.describe_instances().filters(
-        Filter::builder()
-            .name("instance-id")
-            .set_values(Some(ids.to_vec()))
-            .build(),
-    );
-    if !states.is_empty() {
-        req = req.filters(
-            Filter::builder()
-                .name("instance-state-name")
-                .set_values(Some(states.iter().map(|s| s.to_string()).collect()))
-                .build(),
-        );
-    }
-    let mut out = BTreeMap::new();
-    let mut pages = req.into_paginator().send();
-    while let Some(page) = pages.next().await {
-        let page = page.map_err(|e| aws_error(e, "describing the claims' owners"))?;
-        for i in page.reservations().iter().flat_map(|r| r.instances()) {
-            if let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name())) {
-                out.insert(id.to_string(), state.as_str().to_string());
-            }
         }
     }
     Ok(out)
@@ -619,156 +535,215 @@ fn unreachable(settings: &Settings, last: anyhow::Error) -> anyhow::Error {
 
 /// Runs the claim step to completion (or the boot deadline).
 pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Result<Claim> {
-    let started = Instant::now();
-    let deadline = started + settings.boot.deadline;
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
-    let mut ledger: Option<Ledger> = None;
-    let mut memory = Memory::default();
-    let mut losses = 0u32;
-    // After a lost race the same observation is reused, minus the ids lost: one call per try
-    // instead of a fresh look; a fresh look is taken before concluding anything else.
-    let mut cached: Option<Observation> = None;
-    loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let attempt = async {
-            if ledger.is_none() {
-                ledger = Some(Ledger::open(settings, clients).await?);
-            }
-            let l = ledger.as_ref().unwrap();
-            let (mut obs, stale) = match cached.take() {
-                Some(o) => (o, true),
-                None => (observe(settings, clients, me, l, &mut memory).await?, false),
-            };
-            let spread = if losses == 0 {
-                1
-            } else {
-                4usize << losses.min(10)
-            };
-            let p = plan_with(&obs, &me.instance_id, |n| {
-                rand::random_range(0..n.min(spread))
-            });
-            tracing::debug!(plan = %p, "claim plan");
-            let record = |epoch| Record {
-                owner: me.instance_id.clone(),
-                az: me.az.clone(),
-                cluster: settings.cluster.name.clone(),
-                epoch,
-                time: now_secs(),
-            };
-            let claim = |id, epoch, how: &str| Claim {
-                id,
-                epoch,
-                backend: settings.claim.backend,
-                how: how.to_string(),
-                instance_id: me.instance_id.clone(),
-                az: me.az.clone(),
-                elapsed_ms: 0,
-            };
-            Ok::<_, anyhow::Error>(match p {
-                Plan::Keep { id, epoch } => Step::Done(claim(id, epoch, "kept")),
-                Plan::Create { id } => {
-                    if l.create(id, &record(0)).await? {
-                        Step::Done(claim(id, 0, "created"))
-                    } else {
-                        obs.contended.insert(id);
-                        Step::Lost(obs)
-                    }
-                }
-                Plan::TakeOver { id, from, why } => {
-                    let epoch = from.epoch + 1;
-                    if l.take_over(id, &from, &record(epoch)).await? {
-                        tracing::info!(id, epoch, reason = %why, "took over a dead owner's id");
-                        Step::Done(claim(id, epoch, "took_over"))
-                    } else {
-                        obs.contended.insert(id);
-                        Step::Lost(obs)
-                    }
-                }
-                _ if stale => Step::LookAgain,
-                Plan::Wait { why } => Step::Wait(why),
-                Plan::Exhausted { report } => Step::Exhausted(report),
-            })
-        };
-        // No single attempt (a connect to a dead ensemble, say) may outlive the deadline.
-        let result = match tokio::time::timeout(remaining, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(Transient(anyhow::anyhow!("no answer before the boot deadline")).into()),
-        };
-        match result {
-            Ok(Step::Done(mut c)) => {
-                tag_instance(settings, clients, me, c.id).await;
-                c.elapsed_ms = started.elapsed().as_millis() as u64;
-                journal(settings, &c)?;
-                tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
-                return Ok(c);
-            }
-            Ok(Step::Lost(obs)) => {
-                // Another contender won that id: try another at once, spreading wider.
-                losses += 1;
-                cached = Some(obs);
-            }
-            Ok(Step::LookAgain) => {}
-            Ok(Step::Wait(why)) => {
-                tracing::info!(reason = %why, "no id free yet; waiting");
-                memory = Memory::default();
-                if !backoff.wait().await {
-                    return Err(ClaimError::NoEligibleId {
-                        instance: me.instance_id.clone(),
-                        az: me.az.clone(),
-                        report: format!("still waiting at the boot deadline: {why}"),
-                    }
-                    .into());
-                }
-            }
-            Ok(Step::Exhausted(report)) => {
-                return Err(ClaimError::NoEligibleId {
-                    instance: me.instance_id.clone(),
-                    az: me.az.clone(),
-                    report,
-                }
-                .into());
-            }
-            Err(e) if is_transient(&e) => {
-                tracing::warn!(error = %format!("{e:#}"), "claim attempt failed; retrying");
-                // A ZooKeeper session may be broken: reconnect. The CloudWatch Logs ledger has
-                // no session and keeps the owner records it already read, so a throttled
-                // attempt's progress is not lost.
-                if ledger.as_ref().is_some_and(|l| !l.survives_errors()) {
-                    ledger = None;
-                }
-                memory = memory.forget_but_tags();
-                if !backoff.wait().await {
-                    return Err(unreachable(settings, e));
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    Claimer::new(settings, clients, me).run().await
 }
 
+/// What one attempt came to.
 enum Step {
     Done(Claim),
+    /// Another contender won the id tried; the observation minus that id.
     Lost(Observation),
+    /// A reused observation planned nothing to try: look afresh.
     LookAgain,
     Wait(String),
     Exhausted(String),
 }
 
+/// One boot's claim: what it learned so far, and one method per attempt.
+struct Claimer<'a> {
+    settings: &'a Settings,
+    clients: &'a Clients,
+    me: &'a Identity,
+    started: Instant,
+    deadline: Instant,
+    backoff: Backoff,
+    /// Opened on first use; a ZooKeeper ledger is reopened after a transient error.
+    ledger: Option<Ledger>,
+    memory: Memory,
+    /// Races lost so far: each widens the spread of the next pick.
+    losses: u32,
+    /// After a lost race the same observation is reused, minus the ids lost: one call per try
+    /// instead of a fresh look; a fresh look is taken before concluding anything else.
+    cached: Option<Observation>,
+}
+
+impl<'a> Claimer<'a> {
+    fn new(settings: &'a Settings, clients: &'a Clients, me: &'a Identity) -> Self {
+        let started = Instant::now();
+        let deadline = started + settings.boot.deadline;
+        Claimer {
+            settings,
+            clients,
+            me,
+            started,
+            deadline,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline),
+            ledger: None,
+            memory: Memory::default(),
+            losses: 0,
+            cached: None,
+        }
+    }
+
+    async fn run(mut self) -> Result<Claim> {
+        loop {
+            let remaining = self.deadline.saturating_duration_since(Instant::now());
+            // No single attempt (a connect to a dead ensemble, say) may outlive the deadline.
+            let result = match tokio::time::timeout(remaining, self.attempt()).await {
+                Ok(r) => r,
+                Err(_) => {
+                    Err(Transient(anyhow::anyhow!("no answer before the boot deadline")).into())
+                }
+            };
+            if let Some(claim) = self.settle(result).await? {
+                return Ok(claim);
+            }
+        }
+    }
+
+    /// One attempt: observe (or reuse the last look after a lost race), plan, apply the plan.
+    async fn attempt(&mut self) -> Result<Step> {
+        if self.ledger.is_none() {
+            self.ledger = Some(Ledger::open(self.settings, self.clients).await?);
+        }
+        let ledger = self.ledger.as_ref().expect("opened above");
+        let (mut obs, stale) = match self.cached.take() {
+            Some(o) => (o, true),
+            None => (
+                observe(
+                    self.settings,
+                    self.clients,
+                    self.me,
+                    ledger,
+                    &mut self.memory,
+                )
+                .await?,
+                false,
+            ),
+        };
+        let spread = if self.losses == 0 {
+            1
+        } else {
+            4usize << self.losses.min(10)
+        };
+        let p = plan_with(&obs, &self.me.instance_id, |n| {
+            rand::random_range(0..n.min(spread))
+        });
+        tracing::debug!(plan = %p, "claim plan");
+        Ok(match p {
+            Plan::Keep { id, epoch } => Step::Done(self.claim(id, epoch, "kept")),
+            Plan::Create { id } => {
+                if ledger.create(id, &self.record(0)).await? {
+                    Step::Done(self.claim(id, 0, "created"))
+                } else {
+                    obs.contended.insert(id);
+                    Step::Lost(obs)
+                }
+            }
+            Plan::TakeOver { id, from, why } => {
+                let epoch = from.epoch + 1;
+                if ledger.take_over(id, &from, &self.record(epoch)).await? {
+                    tracing::info!(id, epoch, reason = %why, "took over a dead owner's id");
+                    Step::Done(self.claim(id, epoch, "took_over"))
+                } else {
+                    obs.contended.insert(id);
+                    Step::Lost(obs)
+                }
+            }
+            _ if stale => Step::LookAgain,
+            Plan::Wait { why } => Step::Wait(why),
+            Plan::Exhausted { report } => Step::Exhausted(report),
+        })
+    }
+
+    /// What an attempt's outcome means: the claim (tagged and journalled), another attempt
+    /// (at once, or after a pause), or the step's failure.
+    async fn settle(&mut self, result: Result<Step>) -> Result<Option<Claim>> {
+        match result {
+            Ok(Step::Done(mut c)) => {
+                tag_instance(self.settings, self.clients, self.me, c.id).await;
+                c.elapsed_ms = self.started.elapsed().as_millis() as u64;
+                journal(self.settings, &c)?;
+                tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
+                Ok(Some(c))
+            }
+            Ok(Step::Lost(obs)) => {
+                // Another contender won that id: try another at once, spreading wider.
+                self.losses += 1;
+                self.cached = Some(obs);
+                Ok(None)
+            }
+            Ok(Step::LookAgain) => Ok(None),
+            Ok(Step::Wait(why)) => {
+                tracing::info!(reason = %why, "no id free yet; waiting");
+                self.memory = Memory::default();
+                if !self.backoff.wait().await {
+                    return Err(
+                        self.no_eligible_id(format!("still waiting at the boot deadline: {why}"))
+                    );
+                }
+                Ok(None)
+            }
+            Ok(Step::Exhausted(report)) => Err(self.no_eligible_id(report)),
+            Err(e) if is_transient(&e) => {
+                tracing::warn!(error = %format!("{e:#}"), "claim attempt failed; retrying");
+                // A ZooKeeper session may be broken: reconnect. The CloudWatch Logs ledger has
+                // no session and keeps the owner records it already read, so a throttled
+                // attempt's progress is not lost.
+                if self.ledger.as_ref().is_some_and(|l| !l.survives_errors()) {
+                    self.ledger = None;
+                }
+                self.memory = std::mem::take(&mut self.memory).forget_but_tags();
+                if !self.backoff.wait().await {
+                    return Err(unreachable(self.settings, e));
+                }
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record(&self, epoch: u64) -> Record {
+        Record {
+            owner: self.me.instance_id.clone(),
+            az: self.me.az.clone(),
+            cluster: self.settings.cluster.name.clone(),
+            epoch,
+            time: now_secs(),
+        }
+    }
+
+    fn claim(&self, id: u32, epoch: u64, how: &str) -> Claim {
+        Claim {
+            id,
+            epoch,
+            backend: self.settings.claim.backend,
+            how: how.to_string(),
+            instance_id: self.me.instance_id.clone(),
+            az: self.me.az.clone(),
+            elapsed_ms: 0,
+        }
+    }
+
+    fn no_eligible_id(&self, report: String) -> anyhow::Error {
+        ClaimError::NoEligibleId {
+            instance: self.me.instance_id.clone(),
+            az: self.me.az.clone(),
+            report,
+        }
+        .into()
+    }
+}
+
 async fn tag_instance(settings: &Settings, clients: &Clients, me: &Identity, id: u32) {
-    let tag = aws_sdk_ec2::types::Tag::builder()
-        .key(&settings.tags.id_key)
-        .value(settings.tags.format_id(id))
-        .build();
+    let tags = &settings.tags;
     if let Err(e) = clients
         .ec2
-        .create_tags()
-        .resources(&me.instance_id)
-        .tags(tag)
-        .send()
+        .tag(&me.instance_id, &tags.id_key, &tags.format_id(id))
         .await
     {
         tracing::warn!(
-            error = %aws_error(e, "tagging the instance with its id"),
+            error = %format!("{e:#}"),
             "the claim holds, but the instance tag is missing"
         );
     }

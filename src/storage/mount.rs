@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use super::{device, identity};
+use super::{device, gate};
 use crate::aws::Clients;
-use crate::aws::{aws_error, retry_transient};
+use crate::aws::ec2::ResourceKind;
+use crate::aws::retry_transient;
 use crate::config::{Role, Settings};
 
 /// Storage failures a caller branches on.
@@ -60,7 +61,7 @@ pub fn probe(dev: &Path) -> Result<Option<(String, String)>> {
     match out.status.code() {
         Some(0) => {
             let text = String::from_utf8_lossy(&out.stdout);
-            let props = identity::properties(&text);
+            let props = gate::properties(&text);
             match props.get("TYPE") {
                 Some(t) => Ok(Some((
                     t.clone(),
@@ -99,19 +100,8 @@ async fn volume_state(
     settings: &Settings,
     volume: &str,
 ) -> Result<Option<String>> {
-    let out = clients
-        .ec2
-        .describe_volumes()
-        .volume_ids(volume)
-        .send()
-        .await
-        .map_err(|e| aws_error(e, &format!("describing {volume}")))?;
-    Ok(out.volumes().first().and_then(|v| {
-        v.tags()
-            .iter()
-            .find(|t| t.key() == Some(settings.storage.state_tag.as_str()))
-            .and_then(|t| t.value().map(str::to_string))
-    }))
+    let vol = clients.ec2.describe(ResourceKind::Volume, volume).await?;
+    Ok(vol.tags.get(&settings.storage.state_tag).cloned())
 }
 
 /// The fstab text with exactly one line for `mount_point`.
@@ -193,19 +183,8 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            let tag = aws_sdk_ec2::types::Tag::builder()
-                .key(&st.state_tag)
-                .value("formatted")
-                .build();
-            retry_transient(deadline, || async {
-                clients
-                    .ec2
-                    .create_tags()
-                    .resources(&volume)
-                    .tags(tag.clone())
-                    .send()
-                    .await
-                    .map_err(|e| aws_error(e, &format!("tagging {volume} formatted")))
+            retry_transient(deadline, || {
+                clients.ec2.tag(&volume, &st.state_tag, "formatted")
             })
             .await?;
             how = "formatted_and_mounted";
@@ -250,16 +229,16 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
     let found = match settings.cluster.role {
         Role::Kafka => std::fs::read_to_string(st.data_dir.join("meta.properties"))
             .ok()
-            .map(|t| identity::kafka(&t)),
+            .map(|t| gate::kafka(&t)),
         Role::Zookeeper => std::fs::read_to_string(st.data_dir.join("myid"))
             .ok()
-            .map(|t| identity::Found {
+            .map(|t| gate::Found {
                 node_id: t.trim().parse().ok(),
                 cluster_id: None,
             }),
     };
     if let Some(found) = found
-        && let Some(why) = identity::mismatch(&volume, &found, id, st.cluster_id.as_deref())
+        && let Some(why) = gate::mismatch(&volume, &found, id, st.cluster_id.as_deref())
     {
         if !already {
             let _ = nix::mount::umount(&st.data_dir);

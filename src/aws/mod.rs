@@ -1,18 +1,28 @@
-//! The AWS seam: clients built from aws-config's default chain.
+//! The seams to AWS: clients built from aws-config's default chain, and how an AWS error is
+//! classified (transient: retry; race: someone moved first, look again; anything else fails).
+//!
+//! * [`ec2`]: the narrow EC2 questions the steps ask (tagged ENIs and volumes, holders,
+//!   which instances are dead, attach / force-detach, tag);
+//! * [`logs`]: the CloudWatch Logs calls behind the claim ledger;
+//! * [`imds`]: the instance's identity and its ENIs' facts (IMDSv2).
 //!
 //! On an instance the region and credentials come from IMDS; the standard `AWS_ENDPOINT_URL`
 //! and `AWS_EC2_METADATA_SERVICE_ENDPOINT` variables redirect the endpoints, so nothing
 //! test-specific is compiled into the agent.
+
+pub mod ec2;
+pub mod imds;
+pub mod logs;
 
 use aws_config::BehaviorVersion;
 
 /// One client per AWS service the agent speaks to, sharing one loaded configuration.
 #[derive(Clone, Debug)]
 pub struct Clients {
-    pub ec2: aws_sdk_ec2::Client,
+    pub ec2: ec2::Ec2,
     pub autoscaling: aws_sdk_autoscaling::Client,
     pub cloudformation: aws_sdk_cloudformation::Client,
-    pub logs: aws_sdk_cloudwatchlogs::Client,
+    pub logs: logs::Logs,
 }
 
 impl Clients {
@@ -23,10 +33,10 @@ impl Clients {
 
     pub fn from_config(conf: &aws_config::SdkConfig) -> Self {
         Self {
-            ec2: aws_sdk_ec2::Client::new(conf),
+            ec2: ec2::Ec2::new(aws_sdk_ec2::Client::new(conf)),
             autoscaling: aws_sdk_autoscaling::Client::new(conf),
             cloudformation: aws_sdk_cloudformation::Client::new(conf),
-            logs: aws_sdk_cloudwatchlogs::Client::new(conf),
+            logs: logs::Logs::new(aws_sdk_cloudwatchlogs::Client::new(conf)),
         }
     }
 }
@@ -71,6 +81,21 @@ where
     };
     let e = anyhow::anyhow!("{doing}: {detail}");
     if transient { Transient(e).into() } else { e }
+}
+
+/// A refusal of a mutating call that means "someone else moved first": look again.
+pub fn is_race(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some(
+            "VolumeInUse"
+                | "InvalidNetworkInterface.InUse"
+                | "IncorrectState"
+                | "IncorrectInstanceState"
+                | "InvalidAttachment.NotFound"
+                | "InvalidParameterValue"
+        )
+    )
 }
 
 /// Whether retrying may help: some cause in the chain is [`Transient`].

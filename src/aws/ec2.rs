@@ -1,0 +1,375 @@
+//! The EC2 seam: the narrow questions the boot steps ask of EC2, in the project's own types.
+//!
+//! Which ENIs and volumes carry these tags (in this AZ), who holds one now, which of these
+//! instances are dead, attach / force-detach, tag. SDK types (`Filter`, paginators, builders)
+//! stay in this file; claim, attach and mount speak [`Tagged`], [`Resource`] and
+//! [`Liveness`]. Liveness has one definition here: [`Liveness::of`].
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{Filter, Tag};
+
+use super::{aws_error, is_race};
+
+/// The two kinds of resource an id owns besides its number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResourceKind {
+    Eni,
+    Volume,
+}
+
+impl ResourceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ResourceKind::Eni => "ENI",
+            ResourceKind::Volume => "volume",
+        }
+    }
+}
+
+/// A resource found by its tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged {
+    pub id: String,
+    pub az: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// An attachment as EC2 reports it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub instance: String,
+    /// The ENI's attachment id (a detach names it); volumes have none.
+    pub id: Option<String>,
+    /// attaching | attached | detaching | ...
+    pub state: String,
+}
+
+/// One ENI or volume as EC2 describes it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    pub id: String,
+    pub attachment: Option<Attachment>,
+    /// An ENI's private IPs (empty for a volume).
+    pub ips: Vec<String>,
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Instance states in which an instance is dead: it will never run Kafka again.
+pub const DEAD_STATES: [&str; 2] = ["terminated", "shutting-down"];
+
+/// Whether an instance still runs, as EC2 reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Liveness {
+    /// Its state (running, pending, stopping, stopped, ...).
+    Alive(String),
+    /// terminated, shutting-down, or gone (EC2 no longer lists it).
+    Dead(String),
+}
+
+impl Liveness {
+    /// The one definition of a dead instance: a [`DEAD_STATES`] state, or none at all (`None`:
+    /// EC2 does not list the instance).
+    pub fn of(state: Option<&str>) -> Liveness {
+        match state {
+            None => Liveness::Dead("gone".into()),
+            Some(s) if DEAD_STATES.contains(&s) => Liveness::Dead(s.to_string()),
+            Some(s) => Liveness::Alive(s.to_string()),
+        }
+    }
+}
+
+/// EC2, asked only what the steps need.
+#[derive(Clone, Debug)]
+pub struct Ec2 {
+    client: aws_sdk_ec2::Client,
+}
+
+fn filter(name: impl Into<String>, values: Vec<String>) -> Filter {
+    Filter::builder()
+        .name(name)
+        .set_values(Some(values))
+        .build()
+}
+
+fn tag_map<'a>(tags: impl IntoIterator<Item = &'a Tag>) -> BTreeMap<String, String> {
+    tags.into_iter()
+        .filter_map(|t| Some((t.key()?.to_string(), t.value().unwrap_or("").to_string())))
+        .collect()
+}
+
+/// A mutating call's outcome: done, or refused because someone moved first (logged; the
+/// caller looks again), or failed.
+fn tolerate_race<T, E, R>(
+    result: std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>,
+    doing: &str,
+) -> Result<()>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if is_race(e.code()) => {
+            tracing::info!(error = %aws_error(e, doing), "refused; looking again");
+            Ok(())
+        }
+        Err(e) => Err(aws_error(e, doing)),
+    }
+}
+
+impl Ec2 {
+    pub fn new(client: aws_sdk_ec2::Client) -> Ec2 {
+        Ec2 { client }
+    }
+
+    /// Every resource of `kind` carrying all of `tags` (key, value), in `az` or anywhere.
+    pub async fn tagged(
+        &self,
+        kind: ResourceKind,
+        tags: &[(String, String)],
+        az: Option<&str>,
+    ) -> Result<Vec<Tagged>> {
+        let mut filters: Vec<Filter> = tags
+            .iter()
+            .map(|(k, v)| filter(format!("tag:{k}"), vec![v.clone()]))
+            .collect();
+        if let Some(az) = az {
+            filters.push(filter("availability-zone", vec![az.to_string()]));
+        }
+        let mut out = Vec::new();
+        match kind {
+            ResourceKind::Eni => {
+                let mut pages = self
+                    .client
+                    .describe_network_interfaces()
+                    .set_filters(Some(filters))
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| aws_error(e, "describing the tagged ENIs"))?;
+                    out.extend(page.network_interfaces().iter().map(|e| Tagged {
+                        id: e.network_interface_id().unwrap_or_default().to_string(),
+                        az: e.availability_zone().unwrap_or_default().to_string(),
+                        tags: tag_map(e.tag_set()),
+                    }));
+                }
+            }
+            ResourceKind::Volume => {
+                let mut pages = self
+                    .client
+                    .describe_volumes()
+                    .set_filters(Some(filters))
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| aws_error(e, "describing the tagged volumes"))?;
+                    out.extend(page.volumes().iter().map(|v| Tagged {
+                        id: v.volume_id().unwrap_or_default().to_string(),
+                        az: v.availability_zone().unwrap_or_default().to_string(),
+                        tags: tag_map(v.tags()),
+                    }));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One ENI or volume as EC2 describes it now: its holder, an ENI's IPs, its tags.
+    pub async fn describe(&self, kind: ResourceKind, id: &str) -> Result<Resource> {
+        let doing = format!("describing {id}");
+        match kind {
+            ResourceKind::Eni => {
+                let out = self
+                    .client
+                    .describe_network_interfaces()
+                    .network_interface_ids(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(e, &doing))?;
+                let eni = out
+                    .network_interfaces()
+                    .first()
+                    .with_context(|| format!("{id} vanished"))?;
+                let attachment = eni.attachment().and_then(|a| {
+                    Some(Attachment {
+                        instance: a.instance_id()?.to_string(),
+                        id: a.attachment_id().map(str::to_string),
+                        state: a
+                            .status()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                    })
+                });
+                Ok(Resource {
+                    id: id.to_string(),
+                    attachment,
+                    ips: eni
+                        .private_ip_addresses()
+                        .iter()
+                        .filter_map(|a| a.private_ip_address().map(str::to_string))
+                        .collect(),
+                    tags: tag_map(eni.tag_set()),
+                })
+            }
+            ResourceKind::Volume => {
+                let out = self
+                    .client
+                    .describe_volumes()
+                    .volume_ids(id)
+                    .send()
+                    .await
+                    .map_err(|e| aws_error(e, &doing))?;
+                let vol = out
+                    .volumes()
+                    .first()
+                    .with_context(|| format!("{id} vanished"))?;
+                let attachment = vol.attachments().first().and_then(|a| {
+                    Some(Attachment {
+                        instance: a.instance_id()?.to_string(),
+                        id: None,
+                        state: a
+                            .state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                    })
+                });
+                Ok(Resource {
+                    id: id.to_string(),
+                    attachment,
+                    ips: Vec::new(),
+                    tags: tag_map(vol.tags()),
+                })
+            }
+        }
+    }
+
+    /// The state of each of `ids` that EC2 lists, only those in `states` when given.
+    pub async fn instance_states(
+        &self,
+        ids: &[String],
+        states: &[&str],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut req = self
+            .client
+            .describe_instances()
+            .filters(filter("instance-id", ids.to_vec()));
+        if !states.is_empty() {
+            req = req.filters(filter(
+                "instance-state-name",
+                states.iter().map(|s| s.to_string()).collect(),
+            ));
+        }
+        let mut out = BTreeMap::new();
+        let mut pages = req.into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, &format!("describing {}", ids.join(","))))?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                if let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
+                {
+                    out.insert(id.to_string(), state.as_str().to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Those of `ids` that EC2 lists as dead (terminated or shutting-down), with their state.
+    /// Asked positively: the answer holds the few dead and stays small when many live.
+    pub async fn dead_among(&self, ids: &[String]) -> Result<BTreeMap<String, String>> {
+        self.instance_states(ids, &DEAD_STATES).await
+    }
+
+    /// One instance's state, `None` when EC2 does not list it.
+    pub async fn instance_state(&self, id: &str) -> Result<Option<String>> {
+        Ok(self
+            .instance_states(&[id.to_string()], &[])
+            .await?
+            .remove(id))
+    }
+
+    /// Attaches an ENI at `device_index` (a refusal because someone moved first is logged).
+    pub async fn attach_eni(&self, eni: &str, instance: &str, device_index: i32) -> Result<()> {
+        tolerate_race(
+            self.client
+                .attach_network_interface()
+                .network_interface_id(eni)
+                .instance_id(instance)
+                .device_index(device_index)
+                .send()
+                .await,
+            &format!("attaching {eni}"),
+        )
+    }
+
+    /// Attaches a volume as `device` (a refusal because someone moved first is logged).
+    pub async fn attach_volume(&self, volume: &str, instance: &str, device: &str) -> Result<()> {
+        tolerate_race(
+            self.client
+                .attach_volume()
+                .volume_id(volume)
+                .instance_id(instance)
+                .device(device)
+                .send()
+                .await,
+            &format!("attaching {volume}"),
+        )
+    }
+
+    /// Detaches an ENI by force, by its attachment id.
+    pub async fn force_detach_eni(&self, eni: &str, attachment: &str, holder: &str) -> Result<()> {
+        tolerate_race(
+            self.client
+                .detach_network_interface()
+                .attachment_id(attachment)
+                .force(true)
+                .send()
+                .await,
+            &format!("detaching {eni} from {holder}"),
+        )
+    }
+
+    /// Detaches a volume from `holder` by force.
+    pub async fn force_detach_volume(&self, volume: &str, holder: &str) -> Result<()> {
+        tolerate_race(
+            self.client
+                .detach_volume()
+                .volume_id(volume)
+                .instance_id(holder)
+                .force(true)
+                .send()
+                .await,
+            &format!("detaching {volume} from {holder}"),
+        )
+    }
+
+    /// Sets one tag on a resource (an instance, a volume).
+    pub async fn tag(&self, resource: &str, key: &str, value: &str) -> Result<()> {
+        self.client
+            .create_tags()
+            .resources(resource)
+            .tags(Tag::builder().key(key).value(value).build())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error(e, &format!("tagging {resource} with {key}={value}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_means_terminated_shutting_down_or_gone() {
+        for s in [Some("terminated"), Some("shutting-down"), None] {
+            assert!(matches!(Liveness::of(s), Liveness::Dead(_)), "{s:?}");
+        }
+        for s in ["pending", "running", "stopping", "stopped"] {
+            assert_eq!(Liveness::of(Some(s)), Liveness::Alive(s.into()));
+        }
+        assert_eq!(Liveness::of(None), Liveness::Dead("gone".into()));
+    }
+}

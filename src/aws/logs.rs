@@ -1,0 +1,132 @@
+//! The CloudWatch Logs seam: the few calls the claim ledger makes (a log group, its streams,
+//! a stream's first event, an atomic stream create, one event put), in the project's own types.
+
+use anyhow::Result;
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+
+use super::aws_error;
+
+/// A log stream as DescribeLogStreams lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    pub name: String,
+    /// Creation time, milliseconds since the Unix epoch (the service's clock).
+    pub created_ms: Option<i64>,
+}
+
+/// CloudWatch Logs, asked only what the claim ledger needs.
+#[derive(Clone, Debug)]
+pub struct Logs {
+    client: aws_sdk_cloudwatchlogs::Client,
+}
+
+impl Logs {
+    pub fn new(client: aws_sdk_cloudwatchlogs::Client) -> Logs {
+        Logs { client }
+    }
+
+    /// Creates the log group unless it exists.
+    pub async fn ensure_group(&self, group: &str) -> Result<()> {
+        match self
+            .client
+            .create_log_group()
+            .log_group_name(group)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(aws_error(e, &format!("creating log group {group}"))),
+        }
+    }
+
+    /// Every stream of `group` whose name starts with `prefix`, all pages.
+    pub async fn streams(&self, group: &str, prefix: &str) -> Result<Vec<Stream>> {
+        let mut out = Vec::new();
+        let mut pages = self
+            .client
+            .describe_log_streams()
+            .log_group_name(group)
+            .log_stream_name_prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, &format!("listing streams of {group}")))?;
+            out.extend(page.log_streams().iter().filter_map(|s| {
+                Some(Stream {
+                    name: s.log_stream_name()?.to_string(),
+                    created_ms: s.creation_time(),
+                })
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The message of the stream's first event, from one page read from the head.
+    pub async fn first_message(&self, group: &str, stream: &str) -> Result<Option<String>> {
+        let events = self
+            .client
+            .get_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .start_from_head(true)
+            .limit(1)
+            .send()
+            .await
+            .map_err(|e| aws_error(e, &format!("reading stream {stream}")))?;
+        Ok(events
+            .events()
+            .first()
+            .and_then(|e| e.message())
+            .map(str::to_string))
+    }
+
+    /// Creates a stream: true if this call created it, false if it existed already.
+    pub async fn create_stream(&self, group: &str, stream: &str) -> Result<bool> {
+        match self
+            .client
+            .create_log_stream()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(aws_error(e, &format!("creating stream {stream}"))),
+        }
+    }
+
+    /// Puts one event with the given timestamp (milliseconds since the Unix epoch).
+    pub async fn put(
+        &self,
+        group: &str,
+        stream: &str,
+        timestamp_ms: i64,
+        message: &str,
+    ) -> Result<()> {
+        let event = InputLogEvent::builder()
+            .timestamp(timestamp_ms)
+            .message(message)
+            .build()?;
+        self.client
+            .put_log_events()
+            .log_group_name(group)
+            .log_stream_name(stream)
+            .log_events(event)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error(e, &format!("recording the owner in stream {stream}")))
+    }
+}
