@@ -3,10 +3,19 @@
 //!
 //! Both are found by the tag contract in this instance's AZ (exactly one of each). For each,
 //! observe who holds it, decide ([`decide`], pure), apply, and look again until it is attached
-//! here: already ours, nothing to do; free, attach; held by an instance that is terminated,
-//! shutting down or gone, force-detach, wait, attach; held by a live instance, wait with
-//! backoff until the boot deadline, then fail naming the holder. The ENI and the volume go
-//! concurrently. A rerun on a finished node only describes: no mutating call.
+//! here: already ours, nothing to do; free, attach; held by a live instance, wait with backoff
+//! until the boot deadline, then fail naming the holder. A dead holder is never rushed:
+//!
+//! * shutting down: its OS may still be flushing Kafka's segments, and EC2 refuses a detach
+//!   meanwhile; wait for EC2 to release it once the instance is terminated (`released`);
+//! * terminated: EC2 releases what it held by itself; only a holder that still holds it after
+//!   `resources.release_grace_seconds` is force-detached (`took_over`);
+//! * not listed by EC2: a new instance may not be visible yet (eventual consistency), so it
+//!   must stay unlisted for `resources.gone_after_seconds` before it is taken for gone.
+//!
+//! The ENI and the volume go concurrently. Every retry backs off; a permanent refusal (an
+//! invalid device name, an attachment point in use by another volume) fails at once. A rerun
+//! on a finished node only describes: no mutating call.
 
 use std::time::{Duration, Instant};
 
@@ -14,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::aws::Clients;
-use crate::aws::ec2::{Liveness, ResourceKind as Kind};
+use crate::aws::ec2::{Liveness, Mutation, ResourceKind as Kind};
 use crate::aws::imds::Identity;
 use crate::aws::{is_transient, retry_transient};
 use crate::backoff::Backoff;
@@ -55,8 +64,19 @@ pub enum Action {
     },
 }
 
-/// Decides the next action for one resource. Pure.
-pub fn decide(holder: &Holder) -> Action {
+/// How long a dead holder is given before it is taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Patience {
+    /// A terminated holder: time for EC2 to release the resource by itself.
+    pub release_grace: Duration,
+    /// A holder EC2 does not list: time before it is taken for gone rather than not yet
+    /// visible.
+    pub gone_after: Duration,
+}
+
+/// Decides the next action for one resource, given how long the holder has been seen as it is
+/// now (`seen_for`, by this process's monotonic clock). Pure.
+pub fn decide(holder: &Holder, seen_for: Duration, patience: &Patience) -> Action {
     match holder {
         Holder::Nobody => Action::Attach,
         Holder::Me(state) if state == "attached" => Action::Done,
@@ -71,14 +91,43 @@ pub fn decide(holder: &Holder) -> Action {
             instance_state,
             ..
         } => match Liveness::of(instance_state.as_deref()) {
-            Liveness::Dead(s) => Action::ForceDetach {
-                holder: instance.clone(),
-                why: format!("its instance is {s}"),
-            },
             Liveness::Alive(s) => Action::HolderAlive {
                 holder: instance.clone(),
                 state: s,
             },
+            Liveness::Dead(s) if s == "shutting-down" => Action::Wait(format!(
+                "{instance} is shutting down; EC2 releases it once the instance is terminated"
+            )),
+            Liveness::Dead(s) if s == "gone" => {
+                if seen_for >= patience.gone_after {
+                    Action::ForceDetach {
+                        holder: instance.clone(),
+                        why: format!(
+                            "EC2 has not listed its instance for {}s",
+                            seen_for.as_secs()
+                        ),
+                    }
+                } else {
+                    Action::Wait(format!(
+                        "EC2 does not list {instance}: not taken for gone before {}s (it may \
+                         be new and not visible yet)",
+                        patience.gone_after.as_secs()
+                    ))
+                }
+            }
+            Liveness::Dead(s) => {
+                if seen_for >= patience.release_grace {
+                    Action::ForceDetach {
+                        holder: instance.clone(),
+                        why: format!(
+                            "its instance is {s} and EC2 has not released it for {}s",
+                            seen_for.as_secs()
+                        ),
+                    }
+                } else {
+                    Action::Wait(format!("{instance} is {s}; waiting for EC2 to release it"))
+                }
+            }
         },
     }
 }
@@ -109,7 +158,8 @@ impl AttachError {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Attached {
     pub id: String,
-    /// already | attached | took_over
+    /// already | attached | released (EC2 released it from its dead holder, then attached
+    /// here) | took_over (force-detached from a dead holder that kept it past the grace)
     pub how: String,
     /// ENI: its private IPs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -207,7 +257,7 @@ async fn attach_call(
     me: &Identity,
     kind: Kind,
     resource: &str,
-) -> Result<()> {
+) -> Result<Mutation> {
     let res = &settings.resources;
     match kind {
         Kind::Eni => {
@@ -231,7 +281,7 @@ async fn force_detach(
     resource: &str,
     attachment: Option<&str>,
     holder: &str,
-) -> Result<()> {
+) -> Result<Mutation> {
     match kind {
         Kind::Eni => {
             let aid = attachment.with_context(|| format!("{resource} has no attachment id"))?;
@@ -263,10 +313,30 @@ async fn converge(
     };
     let mut inflight = close_watch();
     let mut how = "already";
+    let patience = Patience {
+        release_grace: settings.resources.release_grace,
+        gone_after: settings.resources.gone_after,
+    };
+    // The holder as last seen and since when it has looked so: "dead" is a judgement over
+    // time, never one answer (EC2 is eventually consistent).
+    let mut seen: Option<(Holder, Instant)> = None;
+    let mut saw_dead_holder = false;
     loop {
         let step = async {
             let (holder, attachment, ips) = observe(clients, me, kind, resource).await?;
-            let action = decide(&holder);
+            let since = match &seen {
+                Some((h, since)) if *h == holder => *since,
+                _ => {
+                    seen = Some((holder.clone(), Instant::now()));
+                    Instant::now()
+                }
+            };
+            if let Holder::Other { instance_state, .. } = &holder
+                && matches!(Liveness::of(instance_state.as_deref()), Liveness::Dead(_))
+            {
+                saw_dead_holder = true;
+            }
+            let action = decide(&holder, since.elapsed(), &patience);
             tracing::debug!(resource, ?holder, ?action, "attach plan");
             Ok::<_, anyhow::Error>((action, attachment, ips))
         }
@@ -310,21 +380,29 @@ async fn converge(
             }
             Action::Attach => {
                 if how == "already" {
-                    how = "attached";
+                    how = if saw_dead_holder {
+                        "released"
+                    } else {
+                        "attached"
+                    };
                 }
                 tracing::info!(resource, "attaching");
+                // Applied: look at once; refused (someone moved first): after a pause.
                 attach_call(settings, clients, me, kind, resource)
                     .await
-                    .map(|()| false)
+                    .map(|m| m == Mutation::Refused)
             }
             Action::ForceDetach { holder, why } => {
                 how = "took_over";
                 tracing::info!(resource, holder = %holder, reason = %why, "force-detaching from a dead holder");
                 force_detach(clients, kind, resource, attachment.as_deref(), holder)
                     .await
-                    .map(|()| true)
+                    .map(|_| true)
             }
-            Action::Wait(_) => Ok(true),
+            Action::Wait(why) => {
+                tracing::debug!(resource, reason = %why, "waiting");
+                Ok(true)
+            }
             Action::HolderAlive { holder, state } => {
                 tracing::info!(resource, holder = %holder, state = %state, "held by a live instance; waiting");
                 if !backoff.wait().await {
@@ -417,12 +495,22 @@ mod tests {
         }
     }
 
+    const PATIENCE: Patience = Patience {
+        release_grace: Duration::from_secs(60),
+        gone_after: Duration::from_secs(300),
+    };
+
+    fn now(holder: &Holder) -> Action {
+        decide(holder, Duration::ZERO, &PATIENCE)
+    }
+
     #[test]
     fn never_steal_from_the_living() {
         for s in ["running", "pending", "stopping", "stopped"] {
+            let long = Duration::from_secs(86_400);
             assert!(
                 matches!(
-                    decide(&other(Some(s), "attached")),
+                    decide(&other(Some(s), "attached"), long, &PATIENCE),
                     Action::HolderAlive { .. }
                 ),
                 "{s}"
@@ -431,26 +519,49 @@ mod tests {
     }
 
     #[test]
-    fn take_from_the_dead() {
-        for s in [Some("terminated"), Some("shutting-down"), None] {
-            assert!(
-                matches!(decide(&other(s, "attached")), Action::ForceDetach { .. }),
-                "{s:?}"
-            );
-        }
+    fn a_shutting_down_holder_is_waited_for_however_long() {
+        let long = Duration::from_secs(86_400);
+        assert!(matches!(
+            decide(&other(Some("shutting-down"), "attached"), long, &PATIENCE),
+            Action::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn a_terminated_holder_is_given_time_for_ec2_to_release_it() {
+        let held = other(Some("terminated"), "attached");
+        assert!(matches!(now(&held), Action::Wait(_)));
+        assert!(matches!(
+            decide(&held, PATIENCE.release_grace, &PATIENCE),
+            Action::ForceDetach { .. }
+        ));
+    }
+
+    #[test]
+    fn an_unlisted_holder_is_gone_only_after_staying_unlisted() {
+        let held = other(None, "attached");
+        assert!(matches!(now(&held), Action::Wait(_)));
+        assert!(matches!(
+            decide(&held, PATIENCE.release_grace, &PATIENCE),
+            Action::Wait(_)
+        ));
+        assert!(matches!(
+            decide(&held, PATIENCE.gone_after, &PATIENCE),
+            Action::ForceDetach { .. }
+        ));
     }
 
     #[test]
     fn in_flight_changes_are_waited_for() {
         assert!(matches!(
-            decide(&other(Some("terminated"), "detaching")),
+            now(&other(Some("terminated"), "detaching")),
             Action::Wait(_)
         ));
         assert!(matches!(
-            decide(&Holder::Me("attaching".into())),
+            now(&Holder::Me("attaching".into())),
             Action::Wait(_)
         ));
-        assert_eq!(decide(&Holder::Me("attached".into())), Action::Done);
-        assert_eq!(decide(&Holder::Nobody), Action::Attach);
+        assert_eq!(now(&Holder::Me("attached".into())), Action::Done);
+        assert_eq!(now(&Holder::Nobody), Action::Attach);
     }
 }

@@ -89,6 +89,14 @@ pub struct Resources {
     /// The device name the volume is attached under (Nitro instances ignore it; the NVMe
     /// serial identifies the volume).
     pub volume_device: String,
+    /// How long a terminated holder may keep the ENI or volume before EC2's own release is
+    /// given up on and it is force-detached.
+    #[serde(rename = "release_grace_seconds", serialize_with = "as_seconds")]
+    pub release_grace: Duration,
+    /// How long a holder EC2 does not list must stay unlisted before it is taken for gone
+    /// (EC2 is eventually consistent: a new instance may not be listed yet).
+    #[serde(rename = "gone_after_seconds", serialize_with = "as_seconds")]
+    pub gone_after: Duration,
 }
 
 /// Where and how the volume is mounted.
@@ -235,6 +243,8 @@ struct RawResources {
     volume: Option<bool>,
     eni_device_index: Option<i64>,
     volume_device: Option<String>,
+    release_grace_seconds: Option<i64>,
+    gone_after_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -590,6 +600,20 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             ),
         ));
     }
+    let release_grace = in_range(
+        "resources.release_grace_seconds",
+        raw.resources.release_grace_seconds.unwrap_or(60),
+        0,
+        86_400,
+        err,
+    )?;
+    let gone_after = in_range(
+        "resources.gone_after_seconds",
+        raw.resources.gone_after_seconds.unwrap_or(300),
+        10,
+        86_400,
+        err,
+    )?;
     let st = raw.storage;
     let filesystem = st.filesystem.unwrap_or_else(|| "xfs".into());
     if filesystem != "xfs" && filesystem != "ext4" {
@@ -634,6 +658,8 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             volume: raw.resources.volume.unwrap_or(true),
             eni_device_index: eni_device_index as u32,
             volume_device,
+            release_grace: Duration::from_secs(release_grace as u64),
+            gone_after: Duration::from_secs(gone_after as u64),
         },
         tags,
         cluster: Cluster {
@@ -678,6 +704,17 @@ impl Settings {
     /// The effective configuration as TOML, secrets redacted.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("settings serialize to TOML")
+    }
+
+    /// The tags (key, value) a claim sets on its instance: the id's tag, and the cluster's
+    /// (so that another cluster's instance with the same id tag is never taken for ours).
+    pub fn instance_tags(&self, id: u32) -> Vec<(String, String)> {
+        let tags = &self.tags;
+        let mut out = vec![(tags.id_key.clone(), tags.format_id(id))];
+        if !tags.cluster_key.is_empty() {
+            out.push((tags.cluster_key.clone(), self.cluster.name.clone()));
+        }
+        out
     }
 
     /// The tags (key, value) every resource of this cluster and role carries, plus the id tag

@@ -212,8 +212,15 @@ pub async fn run_step(settings: &Settings) -> Result<Routed> {
     let eni = attached["eni"]["id"]
         .as_str()
         .context("the attach journal names no ENI")?;
+    // The addresses EC2 reported at attach: IMDS must list them before they are routed.
+    let expected: Vec<Ipv4Addr> = attached["eni"]["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip.as_str()?.parse().ok())
+        .collect();
     let facts = crate::aws::imds::Imds::new()
-        .eni_facts(eni, deadline)
+        .eni_facts(eni, &expected, deadline)
         .await?;
     let routed = apply(&facts, deadline).await?;
     crate::journal::record(&settings.paths.state_dir, "network", &routed)?;

@@ -38,6 +38,13 @@ async fn mutations(world: &World) -> u64 {
         .unwrap_or(0)
 }
 
+/// Writes a configuration drop-in on the host.
+fn dropin(world: &World, inst: &str, name: &str, text: &str) {
+    let dir = world.host_dir(inst).join("etc/kafka-agent/config.d");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
 async fn wait_plugged(world: &World, inst: &str, eni_mac: &str, vol: &str) {
     let serial = vol.replace('-', "");
     world
@@ -59,7 +66,8 @@ async fn wait_plugged(world: &World, inst: &str, eni_mac: &str, vol: &str) {
 async fn the_replacement_gets_the_dead_brokers_eni_and_volume() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     // As on EC2: attaching and detaching take time, and a terminated instance keeps its
-    // volumes and extra ENIs for a while.
+    // volumes and extra ENIs for a while: here longer than the replacement's grace (2 s), so
+    // it takes them over by force.
     delays(&world, 0.5, 0.5, 30.0).await;
     let cluster = Cluster::new(&world, Backend::Zk, 1, true);
     let (eni, ip, vol) = cluster.resources_for(&world, 0, "a").await;
@@ -77,6 +85,12 @@ async fn the_replacement_gets_the_dead_brokers_eni_and_volume() {
 
     world.terminate(&first).await.unwrap();
     let second = world.launch("a", &[]).await.unwrap();
+    dropin(
+        &world,
+        &second,
+        "50-grace.toml",
+        "[resources]\nrelease_grace_seconds = 2\n",
+    );
     assert_eq!(
         cluster.claim(&world, &second).await.unwrap(),
         (0, "took_over".into())
@@ -490,13 +504,12 @@ async fn without_nvme_the_volume_is_found_under_its_requested_name() {
     let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
     // Xen instance types show an EBS volume attached as /dev/sdg as xvdg, without a serial.
     let dropin = |inst: &str| {
-        let dir = world.host_dir(inst).join("etc/kafka-agent/config.d");
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(
-            dir.join("50-device.toml"),
+        dropin(
+            &world,
+            inst,
+            "50-device.toml",
             "[resources]\nvolume_device = \"/dev/sdg\"\n",
         )
-        .unwrap();
     };
     let first = world.launch_as("a", "t2.large", &[]).await.unwrap();
     dropin(&first);
@@ -547,6 +560,29 @@ async fn a_fresh_eni_briefly_at_device_number_zero_is_routed_in_its_own_table() 
 }
 
 /// Runs every step of the boot path so far on a host.
+#[tokio::test]
+async fn route_waits_until_imds_lists_the_addresses_ec2_reported() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // IMDS answers 404 for the fresh ENI's local-ipv4s, then an empty list, for 3 s.
+    world.imds_lagging_addresses(Duration::from_secs(3));
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, ip, _) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+    let routed = cluster.route(&world, &inst).await.unwrap();
+    assert_eq!(
+        routed["routing"]["ips"],
+        serde_json::json!([ip]),
+        "{routed}"
+    );
+    let rules = testbed::netns::ip_in(&world.netns(&inst), &["rule", "show"]).unwrap();
+    assert!(
+        rules.contains(&format!("from {ip} lookup 10001")),
+        "{rules}"
+    );
+}
+
 async fn boot(cluster: &Cluster, world: &World, inst: &str) -> u32 {
     let (id, _) = cluster.claim(world, inst).await.unwrap();
     cluster.attach(world, inst).await.unwrap();
@@ -615,4 +651,169 @@ async fn a_replaced_broker_comes_back_with_its_ip_data_and_routes() {
         reaches(&world, &replacement, &ip1, &b0, &ip0, 7003),
         "{ip1} cannot reach {ip0}"
     );
+}
+
+#[tokio::test]
+async fn a_shutting_down_holder_keeps_its_resources_until_ec2_releases_them() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &ScopeSettings {
+                attach_delay: Some(0.3),
+                detach_delay: Some(0.3),
+                shutdown_delay: Some(6.0),
+                release_delay: Some(1.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (eni, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    let first = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &first).await.unwrap();
+    cluster.attach(&world, &first).await.unwrap();
+
+    // Terminate without waiting: the holder is shutting down while the replacement boots.
+    world
+        .ec2
+        .terminate_instances()
+        .instance_ids(&first)
+        .send()
+        .await
+        .unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &second).await.unwrap(),
+        (0, "took_over".into()),
+        "the id of a shutting-down owner is free to claim"
+    );
+    let done = cluster.attach(&world, &second).await.unwrap();
+    assert_eq!(done["eni"]["id"], eni.as_str());
+    assert_eq!(done["eni"]["how"], "released", "{done}");
+    assert_eq!(done["volume"]["id"], vol.as_str());
+    assert_eq!(done["volume"]["how"], "released", "{done}");
+    let stats = testbed::shared().moto.stats().await.unwrap();
+    let calls = &stats[&world.scope];
+    assert!(
+        !calls.contains_key("DetachVolume") && !calls.contains_key("DetachNetworkInterface"),
+        "nothing was detached by force from a dying host: {calls:?}"
+    );
+    let journal = journal(&world, &second, "attach");
+    assert_eq!(journal["volume"]["how"], "released");
+}
+
+#[tokio::test]
+async fn a_holder_ec2_does_not_list_yet_is_never_taken_for_gone() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // A just-launched instance stays invisible to the agents' DescribeInstances for a minute.
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &ScopeSettings {
+                visibility_delay: Some(60.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    cluster.deadline = 10;
+    let (eni, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    let newcomer = world.launch("a", &[]).await.unwrap();
+    world
+        .ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&newcomer)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    world
+        .ec2
+        .attach_volume()
+        .volume_id(&vol)
+        .instance_id(&newcomer)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    let (code, stderr) = cluster.attach(&world, &inst).await.unwrap_err();
+    assert_ne!(code, 0);
+    assert!(stderr.contains("not taken for gone"), "{stderr}");
+    let state = testbed::shared().moto.state(&world.vpc_id).await.unwrap();
+    let eni_holder = state
+        .enis
+        .iter()
+        .find(|e| e.id == eni)
+        .and_then(|e| e.attachment.as_ref())
+        .map(|a| a.instance_id.clone());
+    assert_eq!(eni_holder.as_deref(), Some(newcomer.as_str()));
+    let vol_holder = state
+        .volumes
+        .iter()
+        .find(|v| v.id == vol)
+        .and_then(|v| v.attachment.as_ref())
+        .map(|a| a.instance_id.clone());
+    assert_eq!(vol_holder.as_deref(), Some(newcomer.as_str()));
+}
+
+#[tokio::test]
+async fn a_permanent_refusal_fails_at_once_instead_of_looping() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    // Another volume already sits at the attachment point the agent is configured to use.
+    let other = world.create_volume("a", 1, &[]).await.unwrap();
+    world
+        .ec2
+        .attach_volume()
+        .volume_id(&other)
+        .instance_id(&inst)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    let (code, stderr) = cluster.attach(&world, &inst).await.unwrap_err();
+    assert_ne!(code, 0);
+    assert!(stderr.contains("InvalidParameterValue"), "{stderr}");
+    assert!(stderr.contains("/dev/xvdf"), "{stderr}");
+    let stats = testbed::shared().moto.stats().await.unwrap();
+    assert_eq!(
+        stats[&world.scope].get("AttachVolume").map(|c| c.0),
+        Some(1),
+        "one AttachVolume, not a loop until the deadline"
+    );
+}
+
+#[tokio::test]
+async fn ec2s_503_unavailable_is_retried_until_it_passes() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &ScopeSettings {
+                error_rate: Some(0.9),
+                ec2_error_code: Some("Unavailable".into()),
+                fault_actions: Some(vec!["DescribeNetworkInterfaces".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    let done = cluster.attach(&world, &inst).await.unwrap();
+    assert_eq!(done["eni"]["id"], eni.as_str());
 }

@@ -319,3 +319,97 @@ async fn throttled_cloudwatch_logs_is_retried_until_every_agent_holds_an_id() {
         .collect();
     assert_eq!(ids, (0..8).collect());
 }
+
+#[tokio::test]
+async fn an_empty_first_page_never_lets_a_live_brokers_id_be_taken() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 2, false);
+    let first = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &first).await.unwrap(),
+        (0, "created".to_string())
+    );
+    // Ten minutes later, GetLogEvents answers a few empty pages before the owner record, as
+    // AWS documents it may.
+    let moto = &testbed::shared().moto;
+    moto.age_streams(&format!("/kafka-agent/{}", cluster.name), 600)
+        .await
+        .unwrap();
+    moto.configure(
+        &world.scope,
+        &testbed::aws::ScopeSettings {
+            logs_empty_pages: Some(3),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &second).await.unwrap(),
+        (1, "created".to_string()),
+        "{first} is alive and holds 0"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_without_record_is_not_taken_while_a_live_instance_carries_the_id() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // EC2 lists new instances at once here: the point is the tag, not eventual consistency.
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &testbed::aws::ScopeSettings {
+                visibility_delay: Some(0.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, false);
+    cluster.deadline = 10;
+    // An instance of the cluster carries id 0's tag, and id 0's stream holds no readable
+    // record (its first event not readable yet, say): long past the abandonment window, it is
+    // still not free.
+    let holder = world
+        .launch(
+            "a",
+            &[
+                ("kafka-agent:id", "0"),
+                ("kafka-agent:cluster", cluster.name.as_str()),
+            ],
+        )
+        .await
+        .unwrap();
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+    let group = format!("/kafka-agent/{}", cluster.name);
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name(kafka_agent::claim::cloudwatch::stream_name(0, 0))
+        .send()
+        .await
+        .unwrap();
+    testbed::shared()
+        .moto
+        .age_streams(&group, 600)
+        .await
+        .unwrap();
+    let other = world.launch("a", &[]).await.unwrap();
+    let (code, stderr) = cluster.claim(&world, &other).await.unwrap_err();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains(&holder), "names the live holder: {stderr}");
+
+    // Once that instance is gone for good, the unfinished claim is taken over.
+    world.terminate(&holder).await.unwrap();
+    cluster.deadline = 60;
+    assert_eq!(
+        cluster.claim(&world, &other).await.unwrap(),
+        (0, "took_over".to_string())
+    );
+}

@@ -100,21 +100,30 @@ fn tag_map<'a>(tags: impl IntoIterator<Item = &'a Tag>) -> BTreeMap<String, Stri
         .collect()
 }
 
-/// A mutating call's outcome: done, or refused because someone moved first (logged; the
-/// caller looks again), or failed.
+/// What became of a mutating call that did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    Applied,
+    /// Refused because someone moved first or EC2 is busy with the resource (logged): look
+    /// again after a pause.
+    Refused,
+}
+
+/// A mutating call's outcome: applied, refused as a race, or failed (a permanent refusal
+/// such as an invalid device name fails at once).
 fn tolerate_race<T, E, R>(
     result: std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>,
     doing: &str,
-) -> Result<()>
+) -> Result<Mutation>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + Send + Sync + 'static,
 {
     match result {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(Mutation::Applied),
         Err(e) if is_race(e.code()) => {
             tracing::info!(error = %aws_error(e, doing), "refused; looking again");
-            Ok(())
+            Ok(Mutation::Refused)
         }
         Err(e) => Err(aws_error(e, doing)),
     }
@@ -282,6 +291,35 @@ impl Ec2 {
         self.instance_states(ids, &DEAD_STATES).await
     }
 
+    /// Every instance EC2 lists with all of `tags` (key, value), with its state.
+    pub async fn instances_tagged(
+        &self,
+        tags: &[(String, String)],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let filters = tags
+            .iter()
+            .map(|(k, v)| filter(format!("tag:{k}"), vec![v.clone()]))
+            .collect();
+        let mut pages = self
+            .client
+            .describe_instances()
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| aws_error(e, "describing the instances tagged for an id"))?;
+            for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                if let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
+                {
+                    out.insert(id.to_string(), state.as_str().to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// One instance's state, `None` when EC2 does not list it.
     pub async fn instance_state(&self, id: &str) -> Result<Option<String>> {
         Ok(self
@@ -291,7 +329,12 @@ impl Ec2 {
     }
 
     /// Attaches an ENI at `device_index` (a refusal because someone moved first is logged).
-    pub async fn attach_eni(&self, eni: &str, instance: &str, device_index: i32) -> Result<()> {
+    pub async fn attach_eni(
+        &self,
+        eni: &str,
+        instance: &str,
+        device_index: i32,
+    ) -> Result<Mutation> {
         tolerate_race(
             self.client
                 .attach_network_interface()
@@ -305,7 +348,12 @@ impl Ec2 {
     }
 
     /// Attaches a volume as `device` (a refusal because someone moved first is logged).
-    pub async fn attach_volume(&self, volume: &str, instance: &str, device: &str) -> Result<()> {
+    pub async fn attach_volume(
+        &self,
+        volume: &str,
+        instance: &str,
+        device: &str,
+    ) -> Result<Mutation> {
         tolerate_race(
             self.client
                 .attach_volume()
@@ -319,7 +367,12 @@ impl Ec2 {
     }
 
     /// Detaches an ENI by force, by its attachment id.
-    pub async fn force_detach_eni(&self, eni: &str, attachment: &str, holder: &str) -> Result<()> {
+    pub async fn force_detach_eni(
+        &self,
+        eni: &str,
+        attachment: &str,
+        holder: &str,
+    ) -> Result<Mutation> {
         tolerate_race(
             self.client
                 .detach_network_interface()
@@ -332,7 +385,7 @@ impl Ec2 {
     }
 
     /// Detaches a volume from `holder` by force.
-    pub async fn force_detach_volume(&self, volume: &str, holder: &str) -> Result<()> {
+    pub async fn force_detach_volume(&self, volume: &str, holder: &str) -> Result<Mutation> {
         tolerate_race(
             self.client
                 .detach_volume()
@@ -345,16 +398,21 @@ impl Ec2 {
         )
     }
 
-    /// Sets one tag on a resource (an instance, a volume).
-    pub async fn tag(&self, resource: &str, key: &str, value: &str) -> Result<()> {
+    /// Sets tags (key, value) on a resource (an instance, a volume).
+    pub async fn tag(&self, resource: &str, tags: &[(String, String)]) -> Result<()> {
+        let said: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         self.client
             .create_tags()
             .resources(resource)
-            .tags(Tag::builder().key(key).value(value).build())
+            .set_tags(Some(
+                tags.iter()
+                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                    .collect(),
+            ))
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| aws_error(e, &format!("tagging {resource} with {key}={value}")))
+            .map_err(|e| aws_error(e, &format!("tagging {resource} with {}", said.join(","))))
     }
 }
 

@@ -54,52 +54,101 @@ impl Imds {
         })
     }
 
-    /// Reads the ENI's facts, waiting while IMDS does not list it yet or reports the
-    /// transient device-number 0 of a fresh attachment.
-    pub async fn eni_facts(&self, eni: &str, deadline: Instant) -> Result<EniFacts> {
-        let base = "/latest/meta-data/network/interfaces/macs/";
+    /// Reads the ENI's facts once IMDS has caught up with EC2: it lists the ENI with a real
+    /// device number (not the transient 0 of a fresh attachment) and every address EC2
+    /// reported for it (`expected`; without those, at least one). IMDS lags behind new
+    /// attachments ("newly provisioned resources take some time to be fully reflected in
+    /// IMDS"): a 404, an empty or a partial `local-ipv4s` is waited out, with backoff, until
+    /// the deadline.
+    pub async fn eni_facts(
+        &self,
+        eni: &str,
+        expected: &[Ipv4Addr],
+        deadline: Instant,
+    ) -> Result<EniFacts> {
         let mut backoff = crate::backoff::Backoff::new(
             Duration::from_millis(100),
             Duration::from_secs(1),
             deadline,
         );
         loop {
-            for mac in self.get(base).await?.lines() {
-                let mac = mac.trim_end_matches('/');
-                if self.get(&format!("{base}{mac}/interface-id")).await? != eni {
-                    continue;
-                }
-                let device_number: u32 = self
-                    .get(&format!("{base}{mac}/device-number"))
-                    .await?
-                    .parse()?;
-                if device_number == 0 {
-                    break; // seen briefly for fresh attachments: ask again
-                }
-                let ips = self
-                    .get(&format!("{base}{mac}/local-ipv4s"))
-                    .await?
-                    .lines()
-                    .map(|l| l.parse())
-                    .collect::<Result<Vec<Ipv4Addr>, _>>()?;
-                let (subnet, prefix) = parse_cidr(
-                    &self
-                        .get(&format!("{base}{mac}/subnet-ipv4-cidr-block"))
-                        .await?,
-                )?;
-                return Ok(EniFacts {
-                    mac: mac.to_string(),
-                    device_number,
-                    ips,
-                    subnet,
-                    prefix,
-                });
-            }
+            let why = match self.listed(eni).await {
+                Ok(Some(f)) if covers(&f.ips, expected) => return Ok(f),
+                Ok(Some(f)) => format!(
+                    "IMDS lists {} for {eni}, EC2 reported {}",
+                    list(&f.ips),
+                    list(expected)
+                ),
+                Ok(None) => format!("IMDS does not list {eni} with a device number"),
+                Err(e) => format!("{e:#}"),
+            };
+            tracing::debug!(eni, reason = %why, "waiting for IMDS");
             if !backoff.wait().await {
-                bail!("IMDS does not list {eni} with a device number by the boot deadline");
+                bail!("{why} by the boot deadline");
             }
         }
     }
+
+    /// The ENI's facts as IMDS lists them now; `None` while it does not list the ENI or
+    /// reports it at device-number 0.
+    async fn listed(&self, eni: &str) -> Result<Option<EniFacts>> {
+        let base = "/latest/meta-data/network/interfaces/macs/";
+        for mac in self.get(base).await?.lines() {
+            let mac = mac.trim_end_matches('/');
+            if self.get(&format!("{base}{mac}/interface-id")).await? != eni {
+                continue;
+            }
+            let device_number: u32 = self
+                .get(&format!("{base}{mac}/device-number"))
+                .await?
+                .parse()
+                .context("IMDS device-number")?;
+            if device_number == 0 {
+                return Ok(None); // seen briefly for fresh attachments: ask again
+            }
+            let ips = self
+                .get(&format!("{base}{mac}/local-ipv4s"))
+                .await?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| l.trim().parse())
+                .collect::<Result<Vec<Ipv4Addr>, _>>()
+                .context("IMDS local-ipv4s")?;
+            let (subnet, prefix) = parse_cidr(
+                &self
+                    .get(&format!("{base}{mac}/subnet-ipv4-cidr-block"))
+                    .await?,
+            )?;
+            return Ok(Some(EniFacts {
+                mac: mac.to_string(),
+                device_number,
+                ips,
+                subnet,
+                prefix,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// Whether IMDS's addresses hold every address EC2 reported (at least one when EC2 reported
+/// none).
+fn covers(imds: &[Ipv4Addr], ec2: &[Ipv4Addr]) -> bool {
+    if ec2.is_empty() {
+        !imds.is_empty()
+    } else {
+        ec2.iter().all(|ip| imds.contains(ip))
+    }
+}
+
+fn list(ips: &[Ipv4Addr]) -> String {
+    if ips.is_empty() {
+        return "no address".into();
+    }
+    ips.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl Identity {
@@ -133,4 +182,21 @@ pub fn parse_cidr(cidr: &str) -> Result<(Ipv4Addr, u8)> {
         u32::MAX << (32 - prefix)
     };
     Ok((Ipv4Addr::from(u32::from(addr) & mask), prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imds_must_hold_every_address_ec2_reported() {
+        let a: Ipv4Addr = "10.0.1.5".parse().unwrap();
+        let b: Ipv4Addr = "10.0.1.6".parse().unwrap();
+        assert!(!covers(&[], &[a]), "empty");
+        assert!(!covers(&[a], &[a, b]), "partial");
+        assert!(covers(&[a, b], &[a, b]));
+        assert!(covers(&[a, b], &[a]), "more than EC2 said is fine");
+        assert!(!covers(&[], &[]), "none at all is never enough");
+        assert!(covers(&[a], &[]));
+    }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 
-use super::aws_error;
+use super::{Transient, aws_error};
 
 /// A log stream as DescribeLogStreams lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -12,7 +12,12 @@ pub struct Stream {
     pub name: String,
     /// Creation time, milliseconds since the Unix epoch (the service's clock).
     pub created_ms: Option<i64>,
+    /// The first event's timestamp, when the service reports one: the stream holds events.
+    pub first_event_ms: Option<i64>,
 }
+
+/// GetLogEvents pages read before a stream is given up on for this attempt.
+const MAX_PAGES: usize = 100;
 
 /// CloudWatch Logs, asked only what the claim ledger needs.
 #[derive(Clone, Debug)]
@@ -61,29 +66,44 @@ impl Logs {
                 Some(Stream {
                     name: s.log_stream_name()?.to_string(),
                     created_ms: s.creation_time(),
+                    first_event_ms: s.first_event_timestamp(),
                 })
             }));
         }
         Ok(out)
     }
 
-    /// The message of the stream's first event, from one page read from the head.
+    /// The message of the stream's first event, read from its head; `None` only once the
+    /// stream is read to its end (the forward token comes back unchanged) without an event.
+    /// An empty page alone proves nothing: "partially full or empty pages don't necessarily
+    /// mean that pagination is finished" (GetLogEvents API reference; boto/boto3#3718).
     pub async fn first_message(&self, group: &str, stream: &str) -> Result<Option<String>> {
-        let events = self
-            .client
-            .get_log_events()
-            .log_group_name(group)
-            .log_stream_name(stream)
-            .start_from_head(true)
-            .limit(1)
-            .send()
-            .await
-            .map_err(|e| aws_error(e, &format!("reading stream {stream}")))?;
-        Ok(events
-            .events()
-            .first()
-            .and_then(|e| e.message())
-            .map(str::to_string))
+        let mut token: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .client
+                .get_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .start_from_head(true)
+                .limit(1)
+                .set_next_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| aws_error(e, &format!("reading stream {stream}")))?;
+            if let Some(m) = page.events().first().and_then(|e| e.message()) {
+                return Ok(Some(m.to_string()));
+            }
+            let next = page.next_forward_token().map(str::to_string);
+            if next.is_none() || next == token {
+                return Ok(None);
+            }
+            token = next;
+        }
+        Err(Transient(anyhow::anyhow!(
+            "reading stream {stream}: {MAX_PAGES} pages without an event or the end"
+        ))
+        .into())
     }
 
     /// Creates a stream: true if this call created it, false if it existed already.

@@ -62,6 +62,7 @@ where
             code.contains("Throttl")
                 || code == "RequestLimitExceeded"
                 || code == "InternalError"
+                || code == "Unavailable"
                 || code == "ServiceUnavailable"
                 || code == "ServiceUnavailableException"
                 || code == "InternalFailure"
@@ -83,7 +84,10 @@ where
     if transient { Transient(e).into() } else { e }
 }
 
-/// A refusal of a mutating call that means "someone else moved first": look again.
+/// A refusal of a mutating call that means "someone else moved first" (or EC2 is still busy
+/// with the resource): look again after a pause. `InvalidParameterValue` is not one: EC2 also
+/// uses it for an invalid device name or an attachment point another volume holds, which no
+/// retry mends.
 pub fn is_race(code: Option<&str>) -> bool {
     matches!(
         code,
@@ -93,7 +97,7 @@ pub fn is_race(code: Option<&str>) -> bool {
                 | "IncorrectState"
                 | "IncorrectInstanceState"
                 | "InvalidAttachment.NotFound"
-                | "InvalidParameterValue"
+                | "InvalidAttachmentID.NotFound"
         )
     )
 }

@@ -50,19 +50,20 @@ impl CwlLedger {
 
     /// The highest epoch of every id; its owner record is read where `read(id)`.
     pub async fn slots(&self, read: &(dyn Fn(u32) -> bool + Sync)) -> Result<BTreeMap<u32, Slot>> {
-        // Highest epoch per id, with its creation time.
-        let mut top: BTreeMap<u32, (u64, String, Option<i64>)> = BTreeMap::new();
+        // Highest epoch per id.
+        let mut top: BTreeMap<u32, (u64, crate::aws::logs::Stream)> = BTreeMap::new();
         for s in self.logs.streams(&self.group, "id-").await? {
             let Some((id, epoch)) = parse_stream(&s.name) else {
                 continue;
             };
-            if top.get(&id).is_none_or(|(e, _, _)| epoch > *e) {
-                top.insert(id, (epoch, s.name, s.created_ms));
+            if top.get(&id).is_none_or(|(e, _)| epoch > *e) {
+                top.insert(id, (epoch, s));
             }
         }
         let now_ms = now_ms();
         let mut out = BTreeMap::new();
-        for (id, (epoch, name, created)) in top {
+        for (id, (epoch, stream)) in top {
+            let name = stream.name;
             let cached = self.owners.lock().unwrap().get(&name).cloned();
             if cached.is_some() || !read(id) {
                 out.insert(
@@ -76,21 +77,26 @@ impl CwlLedger {
                 );
                 continue;
             }
-            let record = self
-                .logs
-                .first_message(&self.group, &name)
-                .await?
-                .and_then(|m| serde_json::from_str::<Record>(&m).ok());
+            let message = self.logs.first_message(&self.group, &name).await?;
+            let record = message
+                .as_deref()
+                .and_then(|m| serde_json::from_str::<Record>(m).ok());
             if let Some(r) = &record {
                 self.owners.lock().unwrap().insert(name.clone(), r.clone());
             }
+            // A slot has an age (and can ever be taken for abandoned) only when it is proven
+            // empty: read to its end without an event, and the service reports no first event.
+            let empty = message.is_none() && stream.first_event_ms.is_none();
             out.insert(
                 id,
                 Slot {
                     record,
                     version: epoch as i64,
                     epoch,
-                    age: created.map(|c| Duration::from_millis(now_ms.saturating_sub(c) as u64)),
+                    age: stream
+                        .created_ms
+                        .filter(|_| empty)
+                        .map(|c| Duration::from_millis(now_ms.saturating_sub(c) as u64)),
                 },
             );
         }

@@ -61,6 +61,9 @@ pub struct Observation {
     /// Ids first claimed while this boot was contending: held by a live contender.
     pub contended: BTreeSet<u32>,
     pub owners: BTreeMap<String, Liveness>,
+    /// Ids whose slot holds no readable record but which a live instance of this cluster
+    /// carries as its id tag (the tags a claim sets): never taken for abandoned.
+    pub tagged: BTreeMap<u32, String>,
 }
 
 /// What to do, as plain data (printed by `claim --dry-run`).
@@ -132,6 +135,12 @@ pub fn plan_with(obs: &Observation, me: &str, pick: impl FnOnce(usize) -> usize)
                     _ => continue,
                 },
                 None if s.age.is_some_and(|a| a >= ABANDONED_AFTER) => {
+                    if let Some(holder) = obs.tagged.get(id) {
+                        waiting.push(format!(
+                            "{id}: no readable claim, but {holder} (alive) carries its id tag"
+                        ));
+                        continue;
+                    }
                     Some("the claim was never completed".to_string())
                 }
                 None => {
@@ -384,6 +393,24 @@ async fn observe(
         .into_keys()
         .filter_map(|o| known.get(&o).map(|l| (o, l.clone())))
         .collect();
+    // Before a slot without a readable record can be taken for abandoned, EC2 must show that
+    // no live instance carries the id (the tag a completed claim sets on its instance).
+    let mut tagged = BTreeMap::new();
+    for (id, slot) in &slots {
+        if slot.record.is_some() || slot.age.is_none_or(|a| a < ABANDONED_AFTER) {
+            continue;
+        }
+        let holders = clients
+            .ec2
+            .instances_tagged(&settings.instance_tags(*id))
+            .await?;
+        if let Some((holder, _)) = holders.iter().find(|(i, state)| {
+            **i != me.instance_id
+                && matches!(Liveness::of(Some(state.as_str())), Liveness::Alive(_))
+        }) {
+            tagged.insert(*id, holder.clone());
+        }
+    }
     Ok(Observation {
         ids,
         ineligible,
@@ -391,6 +418,7 @@ async fn observe(
         registered,
         contended,
         owners,
+        tagged,
     })
 }
 
@@ -736,10 +764,9 @@ impl<'a> Claimer<'a> {
 }
 
 async fn tag_instance(settings: &Settings, clients: &Clients, me: &Identity, id: u32) {
-    let tags = &settings.tags;
     if let Err(e) = clients
         .ec2
-        .tag(&me.instance_id, &tags.id_key, &tags.format_id(id))
+        .tag(&me.instance_id, &settings.instance_tags(id))
         .await
     {
         tracing::warn!(
@@ -784,6 +811,7 @@ mod tests {
             registered: BTreeSet::new(),
             contended: BTreeSet::new(),
             owners: BTreeMap::new(),
+            tagged: BTreeMap::new(),
         }
     }
 
@@ -867,5 +895,21 @@ mod tests {
         assert!(matches!(plan(&o, "i-me"), Plan::Wait { .. }));
         o.slots.get_mut(&0).unwrap().age = Some(ABANDONED_AFTER);
         assert!(matches!(plan(&o, "i-me"), Plan::TakeOver { id: 0, .. }));
+    }
+
+    #[test]
+    fn a_slot_without_record_is_never_abandoned_while_a_live_instance_carries_the_id() {
+        let mut o = obs(1);
+        o.slots.insert(
+            0,
+            Slot {
+                record: None,
+                version: 0,
+                epoch: 0,
+                age: Some(ABANDONED_AFTER * 10),
+            },
+        );
+        o.tagged.insert(0, "i-live".into());
+        assert!(matches!(plan(&o, "i-me"), Plan::Wait { .. }));
     }
 }

@@ -183,10 +183,8 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
                     String::from_utf8_lossy(&out.stderr).trim()
                 );
             }
-            retry_transient(deadline, || {
-                clients.ec2.tag(&volume, &st.state_tag, "formatted")
-            })
-            .await?;
+            let formatted = [(st.state_tag.clone(), "formatted".to_string())];
+            retry_transient(deadline, || clients.ec2.tag(&volume, &formatted)).await?;
             how = "formatted_and_mounted";
             probe(&dev.path)?.context("no filesystem after mkfs")?
         }

@@ -111,6 +111,19 @@ impl Moto {
         state(self.port, vpc).await
     }
 
+    /// Moves a log group's streams back in time by `seconds`, as if that time had passed.
+    pub async fn age_streams(&self, group: &str, seconds: u64) -> Result<()> {
+        let body = serde_json::json!({"region": REGION, "group": group, "seconds": seconds});
+        http::ok(
+            self.port,
+            "POST",
+            "/_testbed/age-streams",
+            &body.to_string(),
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Forces a stack's status (e.g. back to CREATE_IN_PROGRESS to accept signals).
     pub async fn set_stack_status(&self, stack: &str, status: &str) -> Result<()> {
         let body = serde_json::json!({"region": REGION, "stack": stack, "status": status});
@@ -173,6 +186,22 @@ pub struct ScopeSettings {
     /// Limit faults to these actions (e.g. `CreateLogStream`); `Some(vec![])` means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault_actions: Option<Vec<String>>,
+    /// Seconds a terminated instance spends in `shutting-down` (default 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_delay: Option<f64>,
+    /// Seconds a terminated instance stays listed by DescribeInstances (default 3600).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vanish_delay: Option<f64>,
+    /// Seconds a new instance is invisible to this scope's DescribeInstances (default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility_delay: Option<f64>,
+    /// Empty GetLogEvents pages served before a stream's events (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logs_empty_pages: Option<u32>,
+    /// The code of injected EC2 5xx errors: InternalError (default), Unavailable,
+    /// ServiceUnavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ec2_error_code: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

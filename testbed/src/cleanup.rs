@@ -205,7 +205,10 @@ pub fn dead_dirs() -> Vec<PathBuf> {
         .flatten()
         .map(|e| e.path())
         // `.<id>.new` is a directory being made by `new_dir`: not a testbed (yet).
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .filter(|p| p.is_dir() && !owner_alive(p))
         .collect()
 }

@@ -10,13 +10,15 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::aws;
-use super::hypervisor::{Layout, Physical, release_volume};
+use super::hypervisor::{Guard, Layout, Physical, release_volume};
 use super::imds::Imds;
 use super::netns;
 
 /// A running instance's host.
 pub(crate) struct Host {
     pub(crate) ns: String,
+    /// The router side of its primary interface (a port on its subnet's bridge).
+    pub(crate) port: String,
     pub(crate) dir: PathBuf,
     pub(crate) imds: Arc<Imds>,
     pub(crate) imds_task: tokio::task::JoinHandle<()>,
@@ -66,10 +68,18 @@ pub(crate) fn boot(
             server.serve(l).await;
         }
     });
+    p.guards.insert(
+        vpc_side.clone(),
+        Guard {
+            mac: info.mac.clone(),
+            ips: vec![ip.to_string()],
+        },
+    );
     p.hosts.insert(
         info.id.clone(),
         Host {
             ns,
+            port: vpc_side,
             dir,
             imds,
             imds_task,
@@ -93,6 +103,16 @@ pub(crate) fn halt(p: &mut Physical, instance_id: &str) {
         if let Some(pv) = p.volumes.remove(&v) {
             release_volume(&host.dir, &pv);
         }
+    }
+    let ports: Vec<String> = p
+        .enis
+        .values()
+        .filter(|e| e.instance_id == instance_id)
+        .map(|e| e.vpc_side.clone())
+        .chain([host.port.clone()])
+        .collect();
+    for port in ports {
+        p.guards.remove(&port);
     }
     p.enis.retain(|_, e| e.instance_id != instance_id);
     host.imds_task.abort();

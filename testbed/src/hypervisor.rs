@@ -27,13 +27,55 @@ pub(crate) struct Physical {
     pub(crate) counter: u32,
     /// For how long IMDS reports a freshly attached ENI at device-number 0 (as EC2 may).
     pub(crate) imds_stale_device_number: Duration,
+    /// For how long IMDS lags behind a fresh ENI's addresses: `local-ipv4s` answers 404 for
+    /// the first half of it and an empty list for the second ("newly provisioned resources
+    /// take some time to be fully reflected in IMDS"; amazon-ec2-net-utils polls 30 s for it).
+    pub(crate) imds_lagging_addresses: Duration,
     /// When each (instance, ENI) attachment was first seen attached.
     attached_since: BTreeMap<(String, String), Instant>,
+    /// The VPC's source/destination check: each port on a subnet's bridge (the router side of
+    /// a host's interface) with the MAC and addresses of the ENI behind it.
+    pub(crate) guards: BTreeMap<String, Guard>,
+    /// The guards as last loaded into the router namespace.
+    loaded_guards: Option<BTreeMap<String, Guard>>,
+}
+
+/// What may leave through one bridge port: frames from the ENI's MAC, IPv4 packets from its
+/// addresses. The VPC drops the rest ("source/destination checking", which is why a second
+/// ENI needs policy routing: amazon-ec2-net-utils, "policy routing rules to accommodate VPC
+/// source/dest restrictions").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Guard {
+    pub(crate) mac: Option<String>,
+    pub(crate) ips: Vec<String>,
+}
+
+/// The nftables ruleset of the VPC's source/destination check, replacing the previous one.
+pub(crate) fn guard_ruleset(guards: &BTreeMap<String, Guard>) -> String {
+    let mut rules = String::new();
+    for (port, g) in guards {
+        if let Some(mac) = &g.mac {
+            rules.push_str(&format!(
+                "    iifname \"{port}\" ether saddr != {mac} drop\n"
+            ));
+        }
+        if !g.ips.is_empty() {
+            rules.push_str(&format!(
+                "    iifname \"{port}\" ip saddr != {{ {} }} drop\n",
+                g.ips.join(", ")
+            ));
+        }
+    }
+    format!(
+        "table bridge vpc {{}}\ndelete table bridge vpc\ntable bridge vpc {{\n  chain \
+         source_check {{\n    type filter hook prerouting priority 0; policy accept;\n{rules}  \
+         }}\n}}\n"
+    )
 }
 
 pub(crate) struct PluggedEni {
     pub(crate) instance_id: String,
-    vpc_side: String,
+    pub(crate) vpc_side: String,
 }
 
 pub(crate) struct PluggedVolume {
@@ -98,7 +140,8 @@ fn reconcile(
     let running: BTreeMap<&str, &aws::InstanceInfo> = state
         .instances
         .iter()
-        .filter(|i| i.state == "running")
+        // A shutting-down instance's OS is still taking itself down: its host stays up.
+        .filter(|i| i.state == "running" || i.state == "shutting-down")
         .map(|i| (i.id.as_str(), i))
         .collect();
     let gone: Vec<String> = p
@@ -136,15 +179,22 @@ fn reconcile(
             .iter()
             .filter_map(|e| {
                 let a = e.attachment.as_ref()?;
-                let fresh = p
+                let age = p
                     .attached_since
                     .get(&(id.clone(), e.id.clone()))
-                    .is_some_and(|t| now.duration_since(*t) < p.imds_stale_device_number);
+                    .map(|t| now.duration_since(*t));
+                let fresh = age.is_some_and(|a| a < p.imds_stale_device_number);
+                let lag = p.imds_lagging_addresses;
+                let local_ipv4s = match age {
+                    Some(a) if a < lag / 2 => None,
+                    Some(a) if a < lag => Some(Vec::new()),
+                    _ => Some(e.private_ips.clone()),
+                };
                 (a.instance_id == *id && a.status == "attached").then(|| imds::Interface {
                     mac: e.mac.clone(),
                     device_number: if fresh { 0 } else { a.device_index },
                     interface_id: e.id.clone(),
-                    local_ipv4s: e.private_ips.clone(),
+                    local_ipv4s,
                     subnet_id: e.subnet_id.clone(),
                     subnet_cidr: e.cidr.clone(),
                     vpc_id: l.vpc_id.clone(),
@@ -187,6 +237,7 @@ fn reconcile(
         .collect();
     for id in stale {
         let pe = p.enis.remove(&id).unwrap();
+        p.guards.remove(&pe.vpc_side);
         let _ = netns::ip_in(&l.vpc_ns, &["link", "delete", &pe.vpc_side]);
     }
     for (id, eni) in want {
@@ -226,6 +277,11 @@ fn reconcile(
             plug_volume(l, p, vol, root, xen).with_context(|| format!("plugging {id}"))?;
         }
         grow_volume(l, p, vol).with_context(|| format!("growing {id}"))?;
+    }
+    if p.loaded_guards.as_ref() != Some(&p.guards) {
+        netns::nft_in(&l.vpc_ns, &guard_ruleset(&p.guards))
+            .context("loading the VPC's source/destination check")?;
+        p.loaded_guards = Some(p.guards.clone());
     }
     Ok(())
 }
@@ -275,6 +331,13 @@ fn plug_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<()> {
         &l.vpc_ns,
         &["link", "set", &vpc_side, "master", &subnet.bridge, "up"],
     )?;
+    p.guards.insert(
+        vpc_side.clone(),
+        Guard {
+            mac: Some(eni.mac.clone()),
+            ips: eni.private_ips.clone(),
+        },
+    );
     p.enis.insert(
         eni.id.clone(),
         PluggedEni {

@@ -23,6 +23,32 @@ pub fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
     run("ip", &all)
 }
 
+/// Loads an nftables ruleset (`nft -f -`) inside namespace `ns`, as one transaction.
+pub fn nft_in(ns: &str, ruleset: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    child
+        .stdin
+        .take()
+        .context("nft's stdin")?
+        .write_all(ruleset.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "nft in {ns} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
 pub fn path(ns: &str) -> PathBuf {
     PathBuf::from("/run/netns").join(ns)
 }

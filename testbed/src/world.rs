@@ -268,6 +268,12 @@ impl World {
         self.phys.lock().unwrap().imds_stale_device_number = window;
     }
 
+    /// From now on IMDS lags behind each freshly attached ENI's addresses for `window`: its
+    /// `local-ipv4s` answers 404, then an empty list, then the addresses.
+    pub fn imds_lagging_addresses(&self, window: Duration) {
+        self.phys.lock().unwrap().imds_lagging_addresses = window;
+    }
+
     /// The host's own directory: its device view (`sys/`, `dev/`) and files.
     pub fn host_dir(&self, instance_id: &str) -> PathBuf {
         host::dir(&self.dir, instance_id)

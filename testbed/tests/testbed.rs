@@ -403,20 +403,57 @@ async fn two_instances_in_a_subnet_reach_each_other_over_their_enis() {
     })
     .unwrap()
     .unwrap();
-    let (src, dst) = (a_ip.clone(), b_ip.clone());
-    world
-        .on_host(&a_inst, async move {
-            let s = tokio::net::TcpSocket::new_v4().unwrap();
-            s.bind(format!("{src}:0").parse().unwrap()).unwrap();
-            let mut c = s
-                .connect(format!("{dst}:7001").parse().unwrap())
-                .await
-                .unwrap();
-            tokio::io::AsyncWriteExt::write_all(&mut c, b"hello")
-                .await
-                .unwrap();
-        })
+    let connect = |src: String, dst: String| {
+        world
+            .on_host(&a_inst, async move {
+                let s = tokio::net::TcpSocket::new_v4().unwrap();
+                s.bind(format!("{src}:0").parse().unwrap()).unwrap();
+                let attempt = s.connect(format!("{dst}:7001").parse().unwrap());
+                match tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                    Ok(Ok(mut c)) => {
+                        tokio::io::AsyncWriteExt::write_all(&mut c, b"hello")
+                            .await
+                            .unwrap();
+                        true
+                    }
+                    _ => false,
+                }
+            })
+            .unwrap()
+    };
+    // The VPC's source/destination check: without policy routing, packets from the ENI's
+    // address leave through the primary interface (the main table's first route for the
+    // subnet) and the VPC drops them.
+    assert!(
+        !connect(a_ip.clone(), b_ip.clone()),
+        "a packet from {a_ip} left through ens5 and was not dropped"
+    );
+    // With the ENI's address routed out of the ENI (as the agent's route step does), on both
+    // ends, the connection goes through.
+    for (inst, ip) in &ends {
+        let ns = world.netns(inst);
+        netns::ip_in(
+            &ns,
+            &[
+                "route",
+                "add",
+                "10.0.1.0/24",
+                "dev",
+                "ens6",
+                "table",
+                "10001",
+            ],
+        )
         .unwrap();
+        netns::ip_in(
+            &ns,
+            &[
+                "rule", "add", "from", ip, "lookup", "10001", "priority", "10001",
+            ],
+        )
+        .unwrap();
+    }
+    assert!(connect(a_ip.clone(), b_ip.clone()));
     let (mut conn, peer) = listener.accept().unwrap();
     assert_eq!(peer.ip().to_string(), a_ip);
     let mut buf = [0u8; 5];
@@ -723,4 +760,259 @@ async fn every_address_in_a_subnet_is_handed_out_once_and_never_a_reserved_one()
         let last: u8 = ip.rsplit('.').next().unwrap().parse().unwrap();
         assert!((4..255).contains(&last), "reserved address {ip} handed out");
     }
+}
+
+async fn instance_state(ec2: &aws_sdk_ec2::Client, inst: &str) -> Option<String> {
+    let out = ec2
+        .describe_instances()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("instance-id")
+                .values(inst)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find(|i| i.instance_id() == Some(inst))
+        .and_then(|i| i.state().and_then(|s| s.name()))
+        .map(|s| s.as_str().to_string())
+}
+
+async fn wait_for_state(ec2: &aws_sdk_ec2::Client, inst: &str, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if instance_state(ec2, inst).await.as_deref() == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{inst} never became {want:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_terminated_instance_shuts_down_first_and_keeps_its_volume_meanwhile() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    configure(
+        &world,
+        ScopeSettings {
+            shutdown_delay: Some(3.0),
+            release_delay: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    let (eni, _) = world.create_eni("a", &[]).await.unwrap();
+    let vol = world.create_volume("a", 1, &[]).await.unwrap();
+    ec2.attach_volume()
+        .volume_id(&vol)
+        .instance_id(&inst)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    let att = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&inst)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let attachment_id = att.attachment_id().unwrap().to_string();
+    wait_for_state(&ec2, &inst, Some("running")).await;
+
+    let out = ec2
+        .terminate_instances()
+        .instance_ids(&inst)
+        .send()
+        .await
+        .unwrap();
+    let now = out.terminating_instances()[0].current_state().unwrap();
+    assert_eq!(now.name().unwrap().as_str(), "shutting-down");
+    assert_eq!(
+        instance_state(&ec2, &inst).await.as_deref(),
+        Some("shutting-down")
+    );
+    let detach = ec2
+        .detach_volume()
+        .volume_id(&vol)
+        .instance_id(&inst)
+        .force(true)
+        .send()
+        .await;
+    assert_eq!(code(detach), "IncorrectInstanceState");
+    let detach = ec2
+        .detach_network_interface()
+        .attachment_id(&attachment_id)
+        .force(true)
+        .send()
+        .await;
+    assert_eq!(code(detach), "IncorrectInstanceState");
+    assert_eq!(volume_state(&ec2, &vol).await.0, "in-use");
+
+    // Then terminated, and EC2 itself releases what it held.
+    wait_for_state(&ec2, &inst, Some("terminated")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while volume_state(&ec2, &vol).await.0 != "available" {
+        assert!(Instant::now() < deadline, "EC2 never released {vol}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_new_instance_is_invisible_for_a_while_and_a_terminated_one_vanishes() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    configure(
+        &world,
+        ScopeSettings {
+            visibility_delay: Some(3.0),
+            shutdown_delay: Some(0.5),
+            vanish_delay: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    // Running (its host booted), and still unknown to DescribeInstances.
+    assert_eq!(instance_state(&ec2, &inst).await, None);
+    let by_id = ec2.describe_instances().instance_ids(&inst).send().await;
+    assert_eq!(code(by_id), "InvalidInstanceID.NotFound");
+    wait_for_state(&ec2, &inst, Some("running")).await;
+
+    ec2.terminate_instances()
+        .instance_ids(&inst)
+        .send()
+        .await
+        .unwrap();
+    wait_for_state(&ec2, &inst, Some("terminated")).await;
+    wait_for_state(&ec2, &inst, None).await;
+}
+
+#[tokio::test]
+async fn get_log_events_may_answer_empty_pages_before_the_events() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            logs_empty_pages: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let logs =
+        aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config(&world.scope));
+    let group = format!("/{}", world.id);
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    logs.create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .send()
+        .await
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    logs.put_log_events()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(now)
+                .message("hello")
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let mut token: Option<String> = None;
+    let mut pages = Vec::new();
+    for _ in 0..5 {
+        let out = logs
+            .get_log_events()
+            .log_group_name(&group)
+            .log_stream_name("s")
+            .start_from_head(true)
+            .set_next_token(token.clone())
+            .limit(1)
+            .send()
+            .await
+            .unwrap();
+        let messages: Vec<String> = out
+            .events()
+            .iter()
+            .filter_map(|e| e.message().map(str::to_string))
+            .collect();
+        pages.push(messages.join(","));
+        let next = out.next_forward_token().map(str::to_string);
+        assert_ne!(next, token, "the token repeated before the event was read");
+        token = next;
+        if pages.last().unwrap() == "hello" {
+            break;
+        }
+    }
+    assert_eq!(pages, ["", "", "hello"]);
+}
+
+#[tokio::test]
+async fn invalid_device_names_and_too_many_interfaces_are_refused_as_aws_does() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    let inst = world.launch_as("a", "t3.micro", &[]).await.unwrap();
+    let vol = world.create_volume("a", 1, &[]).await.unwrap();
+    let bad = ec2
+        .attach_volume()
+        .volume_id(&vol)
+        .instance_id(&inst)
+        .device("/dev/sdi1")
+        .send()
+        .await;
+    assert_eq!(code(bad), "InvalidParameterValue");
+    // t3.micro takes two interfaces: the primary and one more.
+    let (eni1, _) = world.create_eni("a", &[]).await.unwrap();
+    let (eni2, _) = world.create_eni("a", &[]).await.unwrap();
+    ec2.attach_network_interface()
+        .network_interface_id(&eni1)
+        .instance_id(&inst)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let over = ec2
+        .attach_network_interface()
+        .network_interface_id(&eni2)
+        .instance_id(&inst)
+        .device_index(2)
+        .send()
+        .await;
+    assert_eq!(code(over), "AttachmentLimitExceeded");
+}
+
+#[tokio::test]
+async fn injected_ec2_server_errors_can_be_503_unavailable() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            error_rate: Some(1.0),
+            ec2_error_code: Some("Unavailable".into()),
+            fault_actions: Some(vec!["DescribeVolumes".into()]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let out = ec2(&world).describe_volumes().send().await;
+    assert_eq!(code(out), "Unavailable");
 }

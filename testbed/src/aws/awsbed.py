@@ -6,8 +6,12 @@ APIs. This WSGI layer sits in front of moto's own application and adds:
 
 * refusals AWS gives: VolumeInUse, InvalidVolume.ZoneMismatch, InvalidNetworkInterface.InUse,
   cross-AZ ENI attach, occupied device index / attachment point, attach to a dead instance;
-* time: attaching/detaching states for a configurable time, and the non-root volumes and
-  extra ENIs of a terminated instance stay attached to it for a configurable time;
+* time: attaching/detaching states for a configurable time; a terminated instance goes
+  through `shutting-down` (DetachVolume / DetachNetworkInterface refused meanwhile), its
+  non-root volumes and extra ENIs stay attached to it for a configurable time after it is
+  `terminated`, and it vanishes from DescribeInstances after a while;
+* eventual consistency: a new instance is invisible to DescribeInstances for a while;
+* CloudWatch Logs GetLogEvents may answer empty pages with a new token;
 * CloudFormation SignalResource (with CreationPolicy signal counting), Auto Scaling
   CompleteLifecycleAction and RecordLifecycleActionHeartbeat, all recorded for tests;
 * faults: a share of calls answered with throttling errors or 5xx, and added latency.
@@ -28,6 +32,7 @@ import sys
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from urllib.parse import parse_qs
 
 from werkzeug.serving import run_simple
@@ -52,6 +57,23 @@ DEFAULTS = {
     "attach_delay": 0.0,  # seconds in "attaching"
     "detach_delay": 0.0,  # seconds in "detaching"
     "release_delay": 0.0,  # seconds a terminated instance keeps its volumes and extra ENIs
+    # Seconds in "shutting-down" before "terminated". EC2 takes the OS down first
+    # (TerminateInstances: "shutting-down" is the CurrentState it answers), and refuses to
+    # detach volumes meanwhile (hashicorp/terraform#18965: IncorrectInstanceState).
+    "shutdown_delay": 2.0,
+    # Seconds a terminated instance stays listed ("about an hour", TerminateInstances doc).
+    "vanish_delay": 3600.0,
+    # Seconds a new instance stays invisible to DescribeInstances (EC2 eventual consistency:
+    # "might not be immediately visible", InvalidInstanceID.NotFound right after
+    # RunInstances; docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
+    "visibility_delay": 1.0,
+    # GetLogEvents answers this many empty pages (each with a new forward token) before the
+    # events of a stream read from its head: "partially full or empty pages don't necessarily
+    # mean that pagination is finished" (GetLogEvents API reference; boto/boto3#3718).
+    "logs_empty_pages": 0,
+    # The code of injected EC2 5xx errors: InternalError (500), or Unavailable /
+    # ServiceUnavailable (503), EC2's other server error codes.
+    "ec2_error_code": "InternalError",
     "throttle_rate": 0.0,  # share of calls answered with a throttling error
     "error_rate": 0.0,  # share of calls answered with a 5xx
     "latency_ms": 0,  # added to every call
@@ -65,6 +87,9 @@ SIGNALS = []  # SignalResource calls accepted
 LIFECYCLE = []  # CompleteLifecycleAction / RecordLifecycleActionHeartbeat calls accepted
 CREATION = {}  # stack id -> {logical id: {"count", "success", "deadline"}}
 COMPLETED_ACTIONS = set()  # (asg, hook, instance) completed
+FIRST_SEEN = {}  # instance id -> monotonic time the testbed first saw it (its launch)
+TERMINATED_AT = {}  # instance id -> monotonic time it became "terminated"
+EMPTY_PAGES = {}  # forward token of an injected empty GetLogEvents page -> pages served
 STATS = {}  # scope -> action -> [calls, seconds spent serving]
 
 
@@ -76,16 +101,20 @@ class AwsError(Exception):
         self.status = status
 
 
-TIMING = ("attach_delay", "detach_delay", "release_delay")
+TIMING = ("attach_delay", "detach_delay", "release_delay", "shutdown_delay", "vanish_delay")
+# What the testbed's own calls never see: it must know the world as it is.
+ADMIN_OFF = {"visibility_delay": 0.0, "logs_empty_pages": 0}
 
 
 def settings(scope):
     """A scope's settings. `<scope>-admin` (the testbed's own calls) shares the timing of
-    `<scope>` (delays belong to the simulated world) but never gets faults."""
+    `<scope>` (delays belong to the simulated world) but never gets faults, and sees every
+    instance and every event at once."""
     merged = dict(DEFAULTS)
     if scope.endswith("-admin"):
         base = SCOPES.get(scope[: -len("-admin")], {})
         merged.update({k: v for k, v in base.items() if k in TIMING})
+        merged.update(ADMIN_OFF)
     else:
         merged.update(SCOPES.get(scope, {}))
     return merged
@@ -265,7 +294,9 @@ def fault_for(conf, action, protocol, service):
         return AwsError("Throttling", "Rate exceeded", 400)
     if roll < conf["throttle_rate"] + conf["error_rate"]:
         if service == "ec2":
-            return AwsError("InternalError", "An internal error has occurred", 500)
+            code = conf.get("ec2_error_code") or "InternalError"
+            status = 500 if code == "InternalError" else 503
+            return AwsError(code, "An internal error has occurred", status)
         if protocol == "json":
             return AwsError("ServiceUnavailableException", "Service unavailable", 503)
         return AwsError("InternalFailure", "An internal error has occurred", 500)
@@ -292,6 +323,22 @@ def require_live(instance):
         )
 
 
+def refuse_while_shutting_down(instance, what):
+    """EC2 takes a dying instance's OS down before it lets go of its volumes and interfaces,
+    and refuses to detach them meanwhile (hashicorp/terraform#18965)."""
+    if instance.state == "shutting-down":
+        raise AwsError(
+            "IncorrectInstanceState",
+            f"The instance '{instance.id}' is not in a state in which {what} can be detached.",
+        )
+
+
+# EBS device names EC2 accepts on Linux: /dev/sd[a-z], /dev/xvd[a-z] and /dev/xvd[b-c][a-z];
+# anything else, e.g. a partition name, is "not a valid EBS device name"
+# (InvalidParameterValue, sous-chefs/aws#134).
+DEVICE_NAME = re.compile(r"/dev/(sd[a-z]|xvd[a-z]|xvd[b-c][a-z])")
+
+
 def attach_volume(call):
     backend = ec2(call["region"])
     vid, iid, device = (call["params"].get(k) for k in ("VolumeId", "InstanceId", "Device"))
@@ -299,6 +346,9 @@ def attach_volume(call):
     instance = find_instance(backend, iid)
     if volume is None or instance is None:
         return None  # moto's NotFound errors are AWS's
+    if device is None or not DEVICE_NAME.fullmatch(device):
+        raise AwsError("InvalidParameterValue", f"Value ({device}) for parameter device is invalid. "
+                       f"{device} is not a valid EBS device name.")
     require_live(instance)
     if volume.zone.name != instance.placement.zone:
         raise AwsError(
@@ -345,6 +395,7 @@ def detach_volume(call):
             "InvalidAttachment.NotFound",
             f"The volume '{vid}' is not attached to instance '{iid}'.",
         )
+    refuse_while_shutting_down(att.instance, "volumes")
     if att.status != "detaching":
         att.status = "detaching"
         schedule(
@@ -358,6 +409,16 @@ def detach_volume(call):
         f"<attachTime>{att.attach_time.strftime('%Y-%m-%dT%H:%M:%S.000Z')}</attachTime>"
     )
     return xml_response("DetachVolume", EC2_NS, inner, False)
+
+
+# Network interfaces per instance type (EC2 User Guide, "Maximum network interfaces"); a type
+# not listed gets 3. AttachNetworkInterface beyond it: AttachmentLimitExceeded (cilium#15877).
+ENI_LIMITS = {
+    "t2.nano": 2, "t2.micro": 2, "t2.small": 3, "t2.medium": 3, "t2.large": 3,
+    "t3.nano": 2, "t3.micro": 2, "t3.small": 3, "t3.medium": 3, "t3.large": 3,
+    "m4.large": 2, "m5.large": 3, "m5.xlarge": 4, "m5.2xlarge": 4, "m6i.large": 3,
+    "c4.large": 3, "c5.large": 3, "r5.large": 3, "i3.large": 3,
+}
 
 
 def attach_eni(call):
@@ -376,6 +437,13 @@ def attach_eni(call):
         )
     if eni.attachment_id is not None:
         raise AwsError("InvalidNetworkInterface.InUse", f"Interface: [{eni.id}] in use.")
+    limit = ENI_LIMITS.get(instance.instance_type, 3)
+    if len(instance.nics) + 1 > limit:
+        raise AwsError(
+            "AttachmentLimitExceeded",
+            f"Interface count {len(instance.nics) + 1} exceeds the limit for "
+            f"{instance.instance_type}",
+        )
     index = int(params.get("DeviceIndex", "-1"))
     if index in instance.nics:
         raise AwsError(
@@ -417,6 +485,8 @@ def detach_eni(call):
             "OperationNotPermitted",
             "The network interface at device index 0 cannot be detached.",
         )
+    if eni.instance is not None:
+        refuse_while_shutting_down(eni.instance, "network interfaces")
     if ENI_STATE.get(eni.id) != "detaching":
         ENI_STATE[eni.id] = "detaching"
         schedule(
@@ -425,6 +495,66 @@ def detach_eni(call):
             lambda: finish_eni_detach(eni, attachment_id),
         )
     return xml_response("DetachNetworkInterface", EC2_NS, "<return>true</return>", False)
+
+
+def terminated(instance):
+    if instance.state == "shutting-down":
+        instance._state.name, instance._state.code = "terminated", 48
+        TERMINATED_AT[instance.id] = time.monotonic()
+
+
+def note_instances(region):
+    """Remembers when each instance was first seen (every call is looked at, so that is its
+    launch, whoever launched it: RunInstances, an Auto Scaling Group)."""
+    now = time.monotonic()
+    for instance in ec2(region).all_instances():
+        FIRST_SEEN.setdefault(instance.id, now)
+
+
+def hidden_instances(region, conf):
+    """Instances DescribeInstances does not list for this caller yet (just launched) or any
+    more (terminated long ago)."""
+    now = time.monotonic()
+    hidden = set()
+    for instance in ec2(region).all_instances():
+        if now - FIRST_SEEN.get(instance.id, now) < conf["visibility_delay"]:
+            hidden.add(instance.id)
+        gone = TERMINATED_AT.get(instance.id)
+        if gone is not None and now - gone >= conf["vanish_delay"]:
+            hidden.add(instance.id)
+    return hidden
+
+
+def describe_instances(call):
+    hidden = hidden_instances(call["region"], call["conf"])
+    if not hidden:
+        return None
+    named = [v for k, v in call["params"].items() if k.startswith("InstanceId.")]
+    missing = [i for i in named if i in hidden]
+    if missing:
+        raise AwsError(
+            "InvalidInstanceID.NotFound",
+            f"The instance ID '{missing[0]}' does not exist",
+        )
+
+    def after(response):
+        root = ET.fromstring(response.get_data())
+        ns = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""
+        ET.register_namespace("", ns)
+        q = lambda name: f"{{{ns}}}{name}" if ns else name  # noqa: E731
+        for rset in root.iter(q("reservationSet")):
+            for reservation in list(rset):
+                iset = reservation.find(q("instancesSet"))
+                if iset is None:
+                    continue
+                for item in list(iset):
+                    if item.findtext(q("instanceId")) in hidden:
+                        iset.remove(item)
+                if len(iset) == 0:
+                    rset.remove(reservation)
+        response.set_data(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+    return after
 
 
 def terminate_instances(call):
@@ -448,8 +578,22 @@ def terminate_instances(call):
             if index != 0 and not eni.delete_on_termination:
                 held.append(("eni", instance, index, None, eni))
 
+    dying = [
+        i
+        for i in (find_instance(backend, iid) for iid in ids)
+        if i is not None and i.state not in ("terminated", "shutting-down")
+    ]
+
     def after(_response):
-        delay = call["conf"]["release_delay"]
+        shutdown = call["conf"]["shutdown_delay"]
+        delay = shutdown + call["conf"]["release_delay"]
+        for instance in dying:
+            if shutdown > 0:
+                # moto terminated it at once: it is shutting down until the delay is over.
+                instance._state.name, instance._state.code = "shutting-down", 32
+                schedule(("terminate", instance.id), shutdown, lambda i=instance: terminated(i))
+            else:
+                TERMINATED_AT[instance.id] = time.monotonic()
         for kind, instance, where, bdm, res in held:
             if kind == "vol":
                 instance.block_device_mapping[where] = bdm
@@ -462,6 +606,45 @@ def terminate_instances(call):
                 schedule(("eni", res.id), delay, lambda e=res, a=aid: finish_eni_detach(e, a))
 
     return after
+
+
+# ---------------------------------------------------------------- CloudWatch Logs
+def get_log_events(call):
+    """The first `logs_empty_pages` pages of a stream read from its head are empty, each with
+    a new forward token; then the stream's events, from its head, as moto serves them."""
+    pages = call["conf"]["logs_empty_pages"]
+    params = call["params"]
+    token = params.get("nextToken")
+    if pages <= 0 or (token is None and not params.get("startFromHead")):
+        return None
+    if token is None:
+        served = 0
+    elif token in EMPTY_PAGES:
+        served = EMPTY_PAGES[token]
+    else:
+        return None
+    if served >= pages:
+        rest = {k: v for k, v in params.items() if k != "nextToken"}
+        rest["startFromHead"] = True
+        return {"rewrite": rest}
+    forward = f"f/testbed-empty-{uuid.uuid4().hex}"
+    EMPTY_PAGES[forward] = served + 1
+    body = {"events": [], "nextForwardToken": forward, "nextBackwardToken": "b/testbed-empty"}
+    return Response(json.dumps(body), content_type="application/x-amz-json-1.1")
+
+
+def age_streams(region, group, seconds):
+    """Moves a log group's streams back in time, as if `seconds` had passed."""
+    from datetime import timedelta
+
+    from moto.logs.models import logs_backends
+
+    log_group = logs_backends[DEFAULT_ACCOUNT_ID][region].groups.get(group)
+    if log_group is None:
+        return False
+    for stream in log_group.streams.values():
+        stream.creation_time = stream.creation_time - timedelta(seconds=seconds)
+    return True
 
 
 # ---------------------------------------------------------------- Auto Scaling
@@ -602,6 +785,8 @@ HANDLERS = {
     ("ec2", "AttachNetworkInterface"): attach_eni,
     ("ec2", "DetachNetworkInterface"): detach_eni,
     ("ec2", "TerminateInstances"): terminate_instances,
+    ("ec2", "DescribeInstances"): describe_instances,
+    ("logs", "GetLogEvents"): get_log_events,
     ("autoscaling", "CompleteLifecycleAction"): lambda c: lifecycle_call(c, "complete"),
     ("autoscaling", "RecordLifecycleActionHeartbeat"): lambda c: lifecycle_call(c, "heartbeat"),
     ("cloudformation", "CreateStack"): create_stack,
@@ -711,6 +896,11 @@ def control(req):
             stack.status = conf["status"]
             CREATION.pop(stack.stack_id, None)
             return Response("{}", content_type="application/json")
+        if path == "age-streams" and req.method == "POST":
+            conf = json.loads(req.get_data())
+            if not age_streams(conf.get("region", "us-east-1"), conf["group"], conf["seconds"]):
+                return Response("no such log group", status=404)
+            return Response("{}", content_type="application/json")
         if path == "stats":
             return Response(json.dumps(STATS), content_type="application/json")
         if path == "health":
@@ -769,11 +959,18 @@ class Testbed:
                     return error_response(err, protocol)(environ, start_response)
                 if isinstance(result, Response):
                     return result(environ, start_response)
-                after = result
+                if isinstance(result, dict) and "rewrite" in result:
+                    body = json.dumps(result["rewrite"]).encode()
+                    environ["wsgi.input"] = io.BytesIO(body)
+                    environ["CONTENT_LENGTH"] = str(len(body))
+                else:
+                    after = result
             app_iter, status, headers = run_wsgi_app(self.moto, environ, buffered=True)
             response = Response(app_iter, status=status, headers=headers)
             if after is not None and response.status_code == 200:
                 after(response)
+            if service in ("ec2", "autoscaling"):
+                note_instances(call["region"])
         return response(environ, start_response)
 
 
