@@ -202,6 +202,15 @@ pub struct ScopeSettings {
     /// ServiceUnavailable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ec2_error_code: Option<String>,
+    /// Share of the calls to `fault_after_actions` that are applied and then answered with a
+    /// 5xx, as when a reply is lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_after_rate: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_after_actions: Option<Vec<String>>,
+    /// Token buckets per action: (rate per second, burst); an empty bucket throttles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limits: Option<std::collections::BTreeMap<String, (f64, f64)>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

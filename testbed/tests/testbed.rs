@@ -1016,3 +1016,80 @@ async fn injected_ec2_server_errors_can_be_503_unavailable() {
     let out = ec2(&world).describe_volumes().send().await;
     assert_eq!(code(out), "Unavailable");
 }
+
+#[tokio::test]
+async fn a_call_can_be_applied_and_still_answer_a_server_error() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            fault_after_rate: Some(1.0),
+            fault_after_actions: Some(vec!["CreateLogStream".into()]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let scoped = testbed::shared().moto.sdk_config(&world.scope);
+    // One attempt only, so the lost reply is what the caller sees.
+    let conf = aws_sdk_cloudwatchlogs::config::Builder::from(&scoped)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let logs = aws_sdk_cloudwatchlogs::Client::from_conf(conf);
+    let group = format!("/{}", world.id);
+    logs.create_log_group()
+        .log_group_name(&group)
+        .send()
+        .await
+        .unwrap();
+    let lost = logs
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .send()
+        .await;
+    assert_eq!(code(lost), "ServiceUnavailableException");
+    // It was applied all the same: a retry meets the stream it made.
+    let admin = aws_sdk_cloudwatchlogs::Client::new(
+        &testbed::shared()
+            .moto
+            .sdk_config(&format!("{}-admin", world.scope)),
+    );
+    let again = admin
+        .create_log_stream()
+        .log_group_name(&group)
+        .log_stream_name("s")
+        .send()
+        .await;
+    assert_eq!(code(again), "ResourceAlreadyExistsException");
+}
+
+#[tokio::test]
+async fn each_api_has_a_token_bucket_per_account() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut limits = std::collections::BTreeMap::new();
+    limits.insert("DescribeVolumes".to_string(), (1.0, 5.0));
+    configure(
+        &world,
+        ScopeSettings {
+            rate_limits: Some(limits),
+            ..Default::default()
+        },
+    )
+    .await;
+    let scoped = testbed::shared().moto.sdk_config(&world.scope);
+    let conf = aws_sdk_ec2::config::Builder::from(&scoped)
+        .retry_config(aws_config::retry::RetryConfig::disabled())
+        .build();
+    let ec2 = aws_sdk_ec2::Client::from_conf(conf);
+    let mut throttled = 0;
+    for _ in 0..10 {
+        if let Err(e) = ec2.describe_volumes().send().await {
+            assert_eq!(e.code(), Some("RequestLimitExceeded"));
+            throttled += 1;
+        }
+    }
+    // A burst of 5, refilled at one a second: most of 10 quick calls are refused.
+    assert!(throttled >= 4, "{throttled} of 10 throttled");
+    // Other APIs have buckets of their own.
+    ec2.describe_network_interfaces().send().await.unwrap();
+}

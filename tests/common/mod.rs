@@ -28,8 +28,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn new(world: &World, backend: Backend, size: u32, resources: bool) -> Cluster {
+        // Unique within the test binary (which shares one moto and one ZooKeeper): a random
+        // suffix collided now and then over a test's 50 clusters.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Cluster {
-            name: format!("{}-{}", world.id, rand::random::<u16>()),
+            name: format!("{}-{n}", world.id),
             backend,
             size,
             resources,

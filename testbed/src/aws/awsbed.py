@@ -74,6 +74,17 @@ DEFAULTS = {
     # The code of injected EC2 5xx errors: InternalError (500), or Unavailable /
     # ServiceUnavailable (503), EC2's other server error codes.
     "ec2_error_code": "InternalError",
+    # Faults after the mutation: this share of the calls to `fault_after_actions` is applied,
+    # and then answered with a 5xx as if the reply was lost. AWS applies a call before a
+    # timeout or a 5xx may reach the caller, and the SDK retries it (so a retried
+    # CreateLogStream meets ResourceAlreadyExists).
+    "fault_after_rate": 0.0,
+    "fault_after_actions": [],
+    # Token buckets per API, as EC2 and CloudWatch Logs meter calls per account and action
+    # ("EC2 API throttling": a bucket per API refilled at a fixed rate; CreateLogStream 50
+    # TPS, DescribeLogStreams 5 TPS in the CloudWatch Logs quotas): action -> [rate per second,
+    # burst]. A call finding its bucket empty is throttled.
+    "rate_limits": {},
     "throttle_rate": 0.0,  # share of calls answered with a throttling error
     "error_rate": 0.0,  # share of calls answered with a 5xx
     "latency_ms": 0,  # added to every call
@@ -87,6 +98,7 @@ SIGNALS = []  # SignalResource calls accepted
 LIFECYCLE = []  # CompleteLifecycleAction / RecordLifecycleActionHeartbeat calls accepted
 CREATION = {}  # stack id -> {logical id: {"count", "success", "deadline"}}
 COMPLETED_ACTIONS = set()  # (asg, hook, instance) completed
+BUCKETS = {}  # (scope, action) -> [tokens, last refill]: rate_limits' token buckets
 FIRST_SEEN = {}  # instance id -> monotonic time the testbed first saw it (its launch)
 TERMINATED_AT = {}  # instance id -> monotonic time it became "terminated"
 EMPTY_PAGES = {}  # forward token of an injected empty GetLogEvents page -> pages served
@@ -281,25 +293,50 @@ ASG_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
 CFN_NS = "http://cloudformation.amazonaws.com/doc/2010-05-15/"
 
 
+def throttle_error(protocol, service):
+    if service == "ec2":
+        return AwsError("RequestLimitExceeded", "Request limit exceeded.", 503)
+    if protocol == "json":
+        return AwsError("ThrottlingException", "Rate exceeded", 400)
+    return AwsError("Throttling", "Rate exceeded", 400)
+
+
+def server_error(conf, protocol, service):
+    if service == "ec2":
+        code = conf.get("ec2_error_code") or "InternalError"
+        status = 500 if code == "InternalError" else 503
+        return AwsError(code, "An internal error has occurred", status)
+    if protocol == "json":
+        return AwsError("ServiceUnavailableException", "Service unavailable", 503)
+    return AwsError("InternalFailure", "An internal error has occurred", 500)
+
+
+def bucket_allows(scope, conf, action):
+    """Takes a token from the caller's bucket for `action`; False when it is empty."""
+    limit = (conf.get("rate_limits") or {}).get(action)
+    if not limit:
+        return True
+    rate, burst = float(limit[0]), float(limit[1])
+    now = time.monotonic()
+    with LOCK:
+        tokens, last = BUCKETS.get((scope, action), (burst, now))
+        tokens = min(burst, tokens + (now - last) * rate)
+        if tokens < 1.0:
+            BUCKETS[(scope, action)] = (tokens, now)
+            return False
+        BUCKETS[(scope, action)] = (tokens - 1.0, now)
+        return True
+
+
 def fault_for(conf, action, protocol, service):
     actions = conf.get("fault_actions")
     if actions is not None and action not in actions:
         return None
     roll = random.random()
     if roll < conf["throttle_rate"]:
-        if service == "ec2":
-            return AwsError("RequestLimitExceeded", "Request limit exceeded.", 503)
-        if protocol == "json":
-            return AwsError("ThrottlingException", "Rate exceeded", 400)
-        return AwsError("Throttling", "Rate exceeded", 400)
+        return throttle_error(protocol, service)
     if roll < conf["throttle_rate"] + conf["error_rate"]:
-        if service == "ec2":
-            code = conf.get("ec2_error_code") or "InternalError"
-            status = 500 if code == "InternalError" else 503
-            return AwsError(code, "An internal error has occurred", status)
-        if protocol == "json":
-            return AwsError("ServiceUnavailableException", "Service unavailable", 503)
-        return AwsError("InternalFailure", "An internal error has occurred", 500)
+        return server_error(conf, protocol, service)
     return None
 
 
@@ -932,9 +969,21 @@ class Testbed:
         if conf["latency_ms"]:
             time.sleep(conf["latency_ms"] / 1000.0)
         fault = fault_for(conf, action, protocol, service)
+        if fault is None and not bucket_allows(scope, conf, action):
+            fault = throttle_error(protocol, service)
         if fault is not None:
             return error_response(fault, protocol)(environ, start_response)
         call = {"region": region, "scope": scope, "params": params, "conf": conf}
+        if action in (conf.get("fault_after_actions") or []) and random.random() < conf.get(
+            "fault_after_rate", 0.0
+        ):
+            # Applied, then the reply is lost: the caller sees a 5xx.
+            captured = []
+            self.serve(environ, lambda status, headers, exc=None: captured.append(status),
+                       call, service, action, protocol)
+            return error_response(server_error(conf, protocol, service), protocol)(
+                environ, start_response
+            )
         return self.serve(environ, start_response, call, service, action, protocol)
 
     def serve(self, environ, start_response, call, service, action, protocol):

@@ -178,17 +178,52 @@ pub async fn attach(agent: Option<PathBuf>, delay: f64, samples: usize) -> Resul
     Ok(())
 }
 
+/// AWS's published rates for the calls a claim makes, as token buckets (rate/s, burst):
+/// EC2's non-mutating actions refill at 20/s with a burst of 100 (EC2 API throttling; here a
+/// bucket per action rather than one shared by them all, so kinder than EC2), CreateTags 10/s
+/// burst 100 (mutating actions); CloudWatch Logs CreateLogStream 50 TPS, DescribeLogStreams
+/// 5 TPS (CloudWatch Logs quotas), CreateLogGroup 10, GetLogEvents 25, PutLogEvents 5000.
+fn aws_quotas_table() -> std::collections::BTreeMap<String, (f64, f64)> {
+    [
+        ("DescribeInstances", 20.0, 100.0),
+        ("DescribeNetworkInterfaces", 20.0, 100.0),
+        ("DescribeVolumes", 20.0, 100.0),
+        ("CreateTags", 10.0, 100.0),
+        ("CreateLogStream", 50.0, 50.0),
+        ("DescribeLogStreams", 5.0, 5.0),
+        ("CreateLogGroup", 10.0, 10.0),
+        ("GetLogEvents", 25.0, 25.0),
+        ("PutLogEvents", 5000.0, 5000.0),
+    ]
+    .into_iter()
+    .map(|(a, rate, burst)| (a.to_string(), (rate, burst)))
+    .collect()
+}
+
 #[tokio::main]
 pub async fn claim(
     agent: Option<PathBuf>,
     agents: usize,
     samples: usize,
     herds: usize,
+    aws_quotas: bool,
 ) -> Result<()> {
     let agent = agent_path(agent)?;
     eprintln!("starting the testbed and {agents} instances...");
     let services = Services::start(1)?;
     let world = World::create(&services, &["a"]).await?;
+    if aws_quotas {
+        services
+            .moto
+            .configure(
+                &world.scope,
+                &kafka_testbed::aws::ScopeSettings {
+                    rate_limits: Some(aws_quotas_table()),
+                    ..Default::default()
+                },
+            )
+            .await?;
+    }
     let mut instances = Vec::new();
     for _ in 0..agents {
         instances.push(world.launch("a", &[]).await?);
@@ -199,8 +234,13 @@ pub async fn claim(
         agent: agent.clone(),
     };
     println!(
-        "claim benchmark: agent {}, {agents} instances, 2 cores, no added latency",
-        agent.display()
+        "claim benchmark: agent {}, {agents} instances, 2 cores, no added latency{}",
+        agent.display(),
+        if aws_quotas {
+            ", AWS's API rate limits"
+        } else {
+            ""
+        }
     );
     for backend in ["zookeeper", "cloudwatch-logs"] {
         let mut step = Vec::new();

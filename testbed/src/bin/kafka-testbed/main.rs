@@ -45,6 +45,10 @@ enum Cmd {
         /// Herds of simultaneous agents measured.
         #[arg(long, default_value_t = 5)]
         herds: usize,
+        /// Meter the agents' calls as AWS does (token buckets per API: EC2 Describe* 20/s,
+        /// burst 100; CreateLogStream 50/s; DescribeLogStreams 5/s; see bench.rs).
+        #[arg(long)]
+        aws_quotas: bool,
     },
     /// Benchmark the attach step with EC2's attach/detach taking `--delay` seconds: the phase
     /// time (ENI and volume go concurrently) and the API calls it makes.
@@ -79,7 +83,8 @@ fn main() -> ExitCode {
             agents,
             samples,
             herds,
-        } => bench::claim(agent, agents, samples, herds),
+            aws_quotas,
+        } => bench::claim(agent, agents, samples, herds, aws_quotas),
         Cmd::BenchAttach {
             agent,
             delay,
