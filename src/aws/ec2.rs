@@ -255,26 +255,21 @@ impl Ec2 {
         }
     }
 
-    /// The state of each of `ids` that EC2 lists, only those in `states` when given.
-    pub async fn instance_states(
+    /// The state of every instance DescribeInstances lists for `filters`, all pages.
+    async fn states_where(
         &self,
-        ids: &[String],
-        states: &[&str],
+        filters: Vec<Filter>,
+        doing: &str,
     ) -> Result<BTreeMap<String, String>> {
-        let mut req = self
+        let mut out = BTreeMap::new();
+        let mut pages = self
             .client
             .describe_instances()
-            .filters(filter("instance-id", ids.to_vec()));
-        if !states.is_empty() {
-            req = req.filters(filter(
-                "instance-state-name",
-                states.iter().map(|s| s.to_string()).collect(),
-            ));
-        }
-        let mut out = BTreeMap::new();
-        let mut pages = req.into_paginator().send();
+            .set_filters(Some(filters))
+            .into_paginator()
+            .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| aws_error(e, &format!("describing {}", ids.join(","))))?;
+            let page = page.map_err(|e| aws_error(e, doing))?;
             for i in page.reservations().iter().flat_map(|r| r.instances()) {
                 if let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
                 {
@@ -283,6 +278,23 @@ impl Ec2 {
             }
         }
         Ok(out)
+    }
+
+    /// The state of each of `ids` that EC2 lists, only those in `states` when given.
+    pub async fn instance_states(
+        &self,
+        ids: &[String],
+        states: &[&str],
+    ) -> Result<BTreeMap<String, String>> {
+        let mut filters = vec![filter("instance-id", ids.to_vec())];
+        if !states.is_empty() {
+            filters.push(filter(
+                "instance-state-name",
+                states.iter().map(|s| s.to_string()).collect(),
+            ));
+        }
+        self.states_where(filters, &format!("describing {}", ids.join(",")))
+            .await
     }
 
     /// Those of `ids` that EC2 lists as dead (terminated or shutting-down), with their state.
@@ -296,28 +308,12 @@ impl Ec2 {
         &self,
         tags: &[(String, String)],
     ) -> Result<BTreeMap<String, String>> {
-        let mut out = BTreeMap::new();
         let filters = tags
             .iter()
             .map(|(k, v)| filter(format!("tag:{k}"), vec![v.clone()]))
             .collect();
-        let mut pages = self
-            .client
-            .describe_instances()
-            .set_filters(Some(filters))
-            .into_paginator()
-            .send();
-        while let Some(page) = pages.next().await {
-            let page =
-                page.map_err(|e| aws_error(e, "describing the instances tagged for an id"))?;
-            for i in page.reservations().iter().flat_map(|r| r.instances()) {
-                if let (Some(id), Some(state)) = (i.instance_id(), i.state().and_then(|s| s.name()))
-                {
-                    out.insert(id.to_string(), state.as_str().to_string());
-                }
-            }
-        }
-        Ok(out)
+        self.states_where(filters, "describing the instances tagged for an id")
+            .await
     }
 
     /// One instance's state, `None` when EC2 does not list it.

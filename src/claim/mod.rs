@@ -22,7 +22,7 @@ use crate::aws::Clients;
 pub use crate::aws::ec2::Liveness;
 use crate::aws::ec2::ResourceKind;
 use crate::aws::imds::Identity;
-use crate::aws::{Transient, is_transient};
+use crate::aws::{Transient, is_transient, retry_transient};
 use crate::backoff::Backoff;
 use crate::config::{Backend, Settings};
 
@@ -689,7 +689,7 @@ impl<'a> Claimer<'a> {
     async fn settle(&mut self, result: Result<Step>) -> Result<Option<Claim>> {
         match result {
             Ok(Step::Done(mut c)) => {
-                tag_instance(self.settings, self.clients, self.me, c.id).await;
+                tag_instance(self.settings, self.clients, self.me, c.id, self.deadline).await;
                 c.elapsed_ms = self.started.elapsed().as_millis() as u64;
                 journal(self.settings, &c)?;
                 tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
@@ -763,12 +763,17 @@ impl<'a> Claimer<'a> {
     }
 }
 
-async fn tag_instance(settings: &Settings, clients: &Clients, me: &Identity, id: u32) {
-    if let Err(e) = clients
-        .ec2
-        .tag(&me.instance_id, &settings.instance_tags(id))
-        .await
-    {
+/// Tags the instance with its id and cluster (retrying throttling and 5xx until the deadline):
+/// the tag is how a live holder of an id is recognised when its claim record cannot be read.
+async fn tag_instance(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    id: u32,
+    deadline: Instant,
+) {
+    let tags = settings.instance_tags(id);
+    if let Err(e) = retry_transient(deadline, || clients.ec2.tag(&me.instance_id, &tags)).await {
         tracing::warn!(
             error = %format!("{e:#}"),
             "the claim holds, but the instance tag is missing"

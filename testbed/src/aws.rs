@@ -186,6 +186,9 @@ pub struct ScopeSettings {
     /// Limit faults to these actions (e.g. `CreateLogStream`); `Some(vec![])` means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault_actions: Option<Vec<String>>,
+    /// Seconds a new instance is `pending` before `running` (default 0.2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pending_delay: Option<f64>,
     /// Seconds a terminated instance spends in `shutting-down` (default 2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_delay: Option<f64>,

@@ -873,13 +873,19 @@ async fn a_new_instance_is_invisible_for_a_while_and_a_terminated_one_vanishes()
         &world,
         ScopeSettings {
             visibility_delay: Some(3.0),
+            pending_delay: Some(1.0),
             shutdown_delay: Some(0.5),
             vanish_delay: Some(1.0),
             ..Default::default()
         },
     )
     .await;
+    let before = std::time::Instant::now();
     let inst = world.launch("a", &[]).await.unwrap();
+    assert!(
+        before.elapsed() >= Duration::from_secs(1),
+        "the host booted before its instance left pending"
+    );
     // Running (its host booted), and still unknown to DescribeInstances.
     assert_eq!(instance_state(&ec2, &inst).await, None);
     let by_id = ec2.describe_instances().instance_ids(&inst).send().await;

@@ -57,6 +57,9 @@ DEFAULTS = {
     "attach_delay": 0.0,  # seconds in "attaching"
     "detach_delay": 0.0,  # seconds in "detaching"
     "release_delay": 0.0,  # seconds a terminated instance keeps its volumes and extra ENIs
+    # Seconds a new instance is "pending" before "running" (RunInstances answers "pending"; the
+    # instance boots only once running).
+    "pending_delay": 0.2,
     # Seconds in "shutting-down" before "terminated". EC2 takes the OS down first
     # (TerminateInstances: "shutting-down" is the CurrentState it answers), and refuses to
     # detach volumes meanwhile (hashicorp/terraform#18965: IncorrectInstanceState).
@@ -113,7 +116,14 @@ class AwsError(Exception):
         self.status = status
 
 
-TIMING = ("attach_delay", "detach_delay", "release_delay", "shutdown_delay", "vanish_delay")
+TIMING = (
+    "attach_delay",
+    "detach_delay",
+    "release_delay",
+    "pending_delay",
+    "shutdown_delay",
+    "vanish_delay",
+)
 # What the testbed's own calls never see: it must know the world as it is.
 ADMIN_OFF = {"visibility_delay": 0.0, "logs_empty_pages": 0}
 
@@ -540,12 +550,40 @@ def terminated(instance):
         TERMINATED_AT[instance.id] = time.monotonic()
 
 
-def note_instances(region):
+# Calls after which an instance may exist that did not before (moto's Auto Scaling launches
+# and replaces instances inside these); DescribeInstances notes them too.
+LAUNCHING = {
+    "RunInstances",
+    "TerminateInstances",
+    "CreateAutoScalingGroup",
+    "UpdateAutoScalingGroup",
+    "SetDesiredCapacity",
+    "SetInstanceHealth",
+    "TerminateInstanceInAutoScalingGroup",
+    "AttachInstances",
+    "ExecutePolicy",
+    "CreateStack",
+    "UpdateStack",
+}
+
+
+def note_instances(region, conf):
     """Remembers when each instance was first seen (every call is looked at, so that is its
-    launch, whoever launched it: RunInstances, an Auto Scaling Group)."""
+    launch, whoever launched it: RunInstances, an Auto Scaling Group), and keeps a new one
+    `pending` for a while before it runs."""
     now = time.monotonic()
     for instance in ec2(region).all_instances():
-        FIRST_SEEN.setdefault(instance.id, now)
+        if instance.id in FIRST_SEEN:
+            continue
+        FIRST_SEEN[instance.id] = now
+        if conf["pending_delay"] > 0 and instance.state == "running":
+            instance._state.name, instance._state.code = "pending", 0
+
+            def run(i=instance):
+                if i.state == "pending":
+                    i._state.name, i._state.code = "running", 16
+
+            schedule(("pending", instance.id), conf["pending_delay"], run)
 
 
 def hidden_instances(region, conf):
@@ -563,6 +601,7 @@ def hidden_instances(region, conf):
 
 
 def describe_instances(call):
+    note_instances(call["region"], call["conf"])
     hidden = hidden_instances(call["region"], call["conf"])
     if not hidden:
         return None
@@ -1018,8 +1057,8 @@ class Testbed:
             response = Response(app_iter, status=status, headers=headers)
             if after is not None and response.status_code == 200:
                 after(response)
-            if service in ("ec2", "autoscaling"):
-                note_instances(call["region"])
+            if action in LAUNCHING:
+                note_instances(call["region"], call["conf"])
         return response(environ, start_response)
 
 
