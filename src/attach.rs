@@ -291,6 +291,9 @@ async fn force_detach(
     }
 }
 
+/// How long an attach EC2 accepted may take to show in Describe* before it is issued again.
+const ATTACH_SHOWS_WITHIN: Duration = Duration::from_secs(10);
+
 /// Brings one resource to "attached here".
 async fn converge(
     settings: &Settings,
@@ -321,6 +324,9 @@ async fn converge(
     // time, never one answer (EC2 is eventually consistent).
     let mut seen: Option<(Holder, Instant)> = None;
     let mut saw_dead_holder = false;
+    // When EC2 last accepted our attach: DescribeVolumes may still say "available" for a
+    // moment (eventual consistency), which is no reason to attach again.
+    let mut accepted: Option<Instant> = None;
     loop {
         let step = async {
             let (holder, attachment, ips) = observe(clients, me, kind, resource).await?;
@@ -336,7 +342,12 @@ async fn converge(
             {
                 saw_dead_holder = true;
             }
-            let action = decide(&holder, since.elapsed(), &patience);
+            let action = match decide(&holder, since.elapsed(), &patience) {
+                Action::Attach if accepted.is_some_and(|t| t.elapsed() < ATTACH_SHOWS_WITHIN) => {
+                    Action::Wait("EC2 accepted the attach; it does not show yet".into())
+                }
+                action => action,
+            };
             tracing::debug!(resource, ?holder, ?action, "attach plan");
             Ok::<_, anyhow::Error>((action, attachment, ips))
         }
@@ -390,7 +401,12 @@ async fn converge(
                 // Applied: look at once; refused (someone moved first): after a pause.
                 attach_call(settings, clients, me, kind, resource)
                     .await
-                    .map(|m| m == Mutation::Refused)
+                    .map(|m| {
+                        if m == Mutation::Applied {
+                            accepted = Some(Instant::now());
+                        }
+                        m == Mutation::Refused
+                    })
             }
             Action::ForceDetach { holder, why } => {
                 how = "took_over";

@@ -817,3 +817,33 @@ async fn ec2s_503_unavailable_is_retried_until_it_passes() {
     let done = cluster.attach(&world, &inst).await.unwrap();
     assert_eq!(done["eni"]["id"], eni.as_str());
 }
+
+#[tokio::test]
+async fn a_stale_available_after_attaching_is_not_attached_twice() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // DescribeVolumes shows a just-attached volume as available for 3 s.
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &ScopeSettings {
+                stale_volume_reads: Some(3.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    let done = cluster.attach(&world, &inst).await.unwrap();
+    assert_eq!(done["volume"]["id"], vol.as_str());
+    assert_eq!(done["volume"]["how"], "attached");
+    let stats = testbed::shared().moto.stats().await.unwrap();
+    assert_eq!(
+        stats[&world.scope].get("AttachVolume").map(|c| c.0),
+        Some(1),
+        "one AttachVolume: a stale 'available' is waited out"
+    );
+}

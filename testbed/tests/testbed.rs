@@ -1099,3 +1099,34 @@ async fn each_api_has_a_token_bucket_per_account() {
     // Other APIs have buckets of their own.
     ec2.describe_network_interfaces().send().await.unwrap();
 }
+
+#[tokio::test]
+async fn describe_volumes_shows_a_just_attached_volume_as_available_for_a_moment() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let ec2 = ec2(&world);
+    configure(
+        &world,
+        ScopeSettings {
+            stale_volume_reads: Some(2.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    let vol = world.create_volume("a", 1, &[]).await.unwrap();
+    // Seen before the attach, so the attach is a change.
+    assert_eq!(volume_state(&ec2, &vol).await.0, "available");
+    ec2.attach_volume()
+        .volume_id(&vol)
+        .instance_id(&inst)
+        .device("/dev/xvdf")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(volume_state(&ec2, &vol).await, ("available".into(), None));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while volume_state(&ec2, &vol).await.0 != "in-use" {
+        assert!(Instant::now() < deadline, "{vol} never showed attached");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -70,6 +70,10 @@ DEFAULTS = {
     # "might not be immediately visible", InvalidInstanceID.NotFound right after
     # RunInstances; docs.aws.amazon.com/ec2/latest/devguide/eventual-consistency.html).
     "visibility_delay": 1.0,
+    # Seconds DescribeVolumes keeps showing a volume as available after it was attached
+    # (DescribeInstances and DescribeVolumes disagree on attach state for a while:
+    # kubernetes-sigs/aws-ebs-csi-driver#2183).
+    "stale_volume_reads": 0.5,
     # GetLogEvents answers this many empty pages (each with a new forward token) before the
     # events of a stream read from its head: "partially full or empty pages don't necessarily
     # mean that pagination is finished" (GetLogEvents API reference; boto/boto3#3718).
@@ -104,6 +108,7 @@ COMPLETED_ACTIONS = set()  # (asg, hook, instance) completed
 BUCKETS = {}  # (scope, action) -> [tokens, last refill]: rate_limits' token buckets
 FIRST_SEEN = {}  # instance id -> monotonic time the testbed first saw it (its launch)
 TERMINATED_AT = {}  # instance id -> monotonic time it became "terminated"
+VOLUME_ATTACHED = {}  # volume id -> (attachment it was last seen with, monotonic time seen)
 EMPTY_PAGES = {}  # forward token of an injected empty GetLogEvents page -> pages served
 STATS = {}  # scope -> action -> [calls, seconds spent serving]
 
@@ -125,7 +130,7 @@ TIMING = (
     "vanish_delay",
 )
 # What the testbed's own calls never see: it must know the world as it is.
-ADMIN_OFF = {"visibility_delay": 0.0, "logs_empty_pages": 0}
+ADMIN_OFF = {"visibility_delay": 0.0, "logs_empty_pages": 0, "stale_volume_reads": 0.0}
 
 
 def settings(scope):
@@ -633,6 +638,44 @@ def describe_instances(call):
     return after
 
 
+def describe_volumes(call):
+    """A volume attached moments ago still shows as available (eventual consistency)."""
+    window = call["conf"]["stale_volume_reads"]
+    backend = ec2(call["region"])
+    now = time.monotonic()
+    fresh = set()
+    for volume in backend.volumes.values():
+        att = volume.attachment
+        key = None if att is None else (att.instance.id, att.device)
+        seen = VOLUME_ATTACHED.get(volume.id)
+        if seen is None or seen[0] != key:
+            VOLUME_ATTACHED[volume.id] = (key, now)
+            seen = (key, now)
+        if key is not None and now - seen[1] < window:
+            fresh.add(volume.id)
+    if not fresh:
+        return None
+
+    def after(response):
+        root = ET.fromstring(response.get_data())
+        ns = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""
+        ET.register_namespace("", ns)
+        q = lambda name: f"{{{ns}}}{name}" if ns else name  # noqa: E731
+        for item in root.iter(q("item")):
+            if item.findtext(q("volumeId")) not in fresh:
+                continue
+            status = item.find(q("status"))
+            atts = item.find(q("attachmentSet"))
+            if status is None or atts is None:
+                continue
+            status.text = "available"
+            for a in list(atts):
+                atts.remove(a)
+        response.set_data(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+    return after
+
+
 def terminate_instances(call):
     """Keep non-root volumes and extra ENIs attached to the dead instance for a while."""
     backend = ec2(call["region"])
@@ -862,6 +905,7 @@ HANDLERS = {
     ("ec2", "DetachNetworkInterface"): detach_eni,
     ("ec2", "TerminateInstances"): terminate_instances,
     ("ec2", "DescribeInstances"): describe_instances,
+    ("ec2", "DescribeVolumes"): describe_volumes,
     ("logs", "GetLogEvents"): get_log_events,
     ("autoscaling", "CompleteLifecycleAction"): lambda c: lifecycle_call(c, "complete"),
     ("autoscaling", "RecordLifecycleActionHeartbeat"): lambda c: lifecycle_call(c, "heartbeat"),
