@@ -198,7 +198,7 @@ pub struct ScopeSettings {
     /// Seconds a new instance is invisible to this scope's DescribeInstances (default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub visibility_delay: Option<f64>,
-    /// Seconds DescribeVolumes still shows a just-attached volume as available (default 0.5).
+    /// Seconds DescribeVolumes still shows a just-attached volume as available (default 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stale_volume_reads: Option<f64>,
     /// Empty GetLogEvents pages served before a stream's events (default 0).

@@ -73,7 +73,7 @@ DEFAULTS = {
     # Seconds DescribeVolumes keeps showing a volume as available after it was attached
     # (DescribeInstances and DescribeVolumes disagree on attach state for a while:
     # kubernetes-sigs/aws-ebs-csi-driver#2183).
-    "stale_volume_reads": 0.5,
+    "stale_volume_reads": 0.0,
     # GetLogEvents answers this many empty pages (each with a new forward token) before the
     # events of a stream read from its head: "partially full or empty pages don't necessarily
     # mean that pagination is finished" (GetLogEvents API reference; boto/boto3#3718).
