@@ -9,19 +9,16 @@ use common::{Backend, Cluster};
 use kafka_testbed::{self as testbed, World, aws::ScopeSettings};
 
 async fn delays(world: &World, attach: f64, detach: f64, release: f64) {
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &ScopeSettings {
-                attach_delay: Some(attach),
-                detach_delay: Some(detach),
-                release_delay: Some(release),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        world,
+        ScopeSettings {
+            attach_delay: Some(attach),
+            detach_delay: Some(detach),
+            release_delay: Some(release),
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 /// Mutating EC2 calls made with the world's scope so far.
@@ -656,20 +653,17 @@ async fn a_replaced_broker_comes_back_with_its_ip_data_and_routes() {
 #[tokio::test]
 async fn a_shutting_down_holder_keeps_its_resources_until_ec2_releases_them() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &ScopeSettings {
-                attach_delay: Some(0.3),
-                detach_delay: Some(0.3),
-                shutdown_delay: Some(6.0),
-                release_delay: Some(1.0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        &world,
+        ScopeSettings {
+            attach_delay: Some(0.3),
+            detach_delay: Some(0.3),
+            shutdown_delay: Some(6.0),
+            release_delay: Some(1.0),
+            ..Default::default()
+        },
+    )
+    .await;
     let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
     let (eni, _, vol) = cluster.resources_for(&world, 0, "a").await;
     let first = world.launch("a", &[]).await.unwrap();
@@ -709,17 +703,14 @@ async fn a_shutting_down_holder_keeps_its_resources_until_ec2_releases_them() {
 async fn a_holder_ec2_does_not_list_yet_is_never_taken_for_gone() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     // A just-launched instance stays invisible to the agents' DescribeInstances for a minute.
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &ScopeSettings {
-                visibility_delay: Some(60.0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        &world,
+        ScopeSettings {
+            visibility_delay: Some(60.0),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut cluster = Cluster::new(&world, Backend::Cwl, 1, true);
     cluster.deadline = 10;
     let (eni, _, vol) = cluster.resources_for(&world, 0, "a").await;
@@ -797,19 +788,16 @@ async fn a_permanent_refusal_fails_at_once_instead_of_looping() {
 #[tokio::test]
 async fn ec2s_503_unavailable_is_retried_until_it_passes() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &ScopeSettings {
-                error_rate: Some(0.9),
-                ec2_error_code: Some("Unavailable".into()),
-                fault_actions: Some(vec!["DescribeNetworkInterfaces".into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        &world,
+        ScopeSettings {
+            error_rate: Some(0.9),
+            ec2_error_code: Some("Unavailable".into()),
+            fault_actions: Some(vec!["DescribeNetworkInterfaces".into()]),
+            ..Default::default()
+        },
+    )
+    .await;
     let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
     let inst = world.launch("a", &[]).await.unwrap();
@@ -822,17 +810,14 @@ async fn ec2s_503_unavailable_is_retried_until_it_passes() {
 async fn a_stale_available_after_attaching_is_not_attached_twice() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     // DescribeVolumes shows a just-attached volume as available for 3 s.
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &ScopeSettings {
-                stale_volume_reads: Some(3.0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        &world,
+        ScopeSettings {
+            stale_volume_reads: Some(3.0),
+            ..Default::default()
+        },
+    )
+    .await;
     let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
     let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
     let inst = world.launch("a", &[]).await.unwrap();

@@ -282,27 +282,24 @@ async fn zookeeper_down_at_boot_then_back_and_down_past_the_deadline() {
 #[tokio::test]
 async fn throttled_cloudwatch_logs_is_retried_until_every_agent_holds_an_id() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &testbed::aws::ScopeSettings {
-                throttle_rate: Some(0.5),
-                fault_actions: Some(
-                    [
-                        "CreateLogStream",
-                        "DescribeLogStreams",
-                        "GetLogEvents",
-                        "PutLogEvents",
-                    ]
-                    .map(String::from)
-                    .to_vec(),
-                ),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            throttle_rate: Some(0.5),
+            fault_actions: Some(
+                [
+                    "CreateLogStream",
+                    "DescribeLogStreams",
+                    "GetLogEvents",
+                    "PutLogEvents",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut instances = Vec::new();
     for _ in 0..8 {
         instances.push(world.launch("a", &[]).await.unwrap());
@@ -356,17 +353,14 @@ async fn an_empty_first_page_never_lets_a_live_brokers_id_be_taken() {
 async fn a_claim_without_record_is_not_taken_while_a_live_instance_carries_the_id() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     // EC2 lists new instances at once here: the point is the tag, not eventual consistency.
-    testbed::shared()
-        .moto
-        .configure(
-            &world.scope,
-            &testbed::aws::ScopeSettings {
-                visibility_delay: Some(0.0),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            visibility_delay: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
     let mut cluster = Cluster::new(&world, Backend::Cwl, 1, false);
     cluster.deadline = 10;
     // An instance of the cluster carries id 0's tag, and id 0's stream holds no readable

@@ -244,6 +244,15 @@ impl Cluster {
     }
 }
 
+/// Sets the testbed's delays and faults for the world's agents (its scope).
+pub async fn configure(world: &World, settings: kafka_testbed::aws::ScopeSettings) {
+    testbed::shared()
+        .moto
+        .configure(&world.scope, &settings)
+        .await
+        .unwrap();
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -605,6 +605,14 @@ def hidden_instances(region, conf):
     return hidden
 
 
+def parse_xml(response):
+    """A response's XML root, and a function naming an element in its namespace."""
+    root = ET.fromstring(response.get_data())
+    ns = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""
+    ET.register_namespace("", ns)
+    return root, (lambda name: f"{{{ns}}}{name}" if ns else name)
+
+
 def describe_instances(call):
     note_instances(call["region"], call["conf"])
     hidden = hidden_instances(call["region"], call["conf"])
@@ -619,10 +627,7 @@ def describe_instances(call):
         )
 
     def after(response):
-        root = ET.fromstring(response.get_data())
-        ns = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""
-        ET.register_namespace("", ns)
-        q = lambda name: f"{{{ns}}}{name}" if ns else name  # noqa: E731
+        root, q = parse_xml(response)
         for rset in root.iter(q("reservationSet")):
             for reservation in list(rset):
                 iset = reservation.find(q("instancesSet"))
@@ -657,10 +662,7 @@ def describe_volumes(call):
         return None
 
     def after(response):
-        root = ET.fromstring(response.get_data())
-        ns = root.tag[1 : root.tag.index("}")] if root.tag.startswith("{") else ""
-        ET.register_namespace("", ns)
-        q = lambda name: f"{{{ns}}}{name}" if ns else name  # noqa: E731
+        root, q = parse_xml(response)
         for item in root.iter(q("item")):
             if item.findtext(q("volumeId")) not in fresh:
                 continue
