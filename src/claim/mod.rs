@@ -593,6 +593,9 @@ struct Claimer<'a> {
     /// After a lost race the same observation is reused, minus the ids lost: one call per try
     /// instead of a fresh look; a fresh look is taken before concluding anything else.
     cached: Option<Observation>,
+    /// Why the last complete look found no id free: if the deadline then cuts an attempt
+    /// short, that (not "unreachable") is what the operator needs to read.
+    waiting_for: Option<String>,
 }
 
 impl<'a> Claimer<'a> {
@@ -610,6 +613,7 @@ impl<'a> Claimer<'a> {
             memory: Memory::default(),
             losses: 0,
             cached: None,
+            waiting_for: None,
         }
     }
 
@@ -705,6 +709,7 @@ impl<'a> Claimer<'a> {
             Ok(Step::Wait(why)) => {
                 tracing::info!(reason = %why, "no id free yet; waiting");
                 self.memory = Memory::default();
+                self.waiting_for = Some(why.clone());
                 if !self.backoff.wait().await {
                     return Err(
                         self.no_eligible_id(format!("still waiting at the boot deadline: {why}"))
@@ -723,7 +728,14 @@ impl<'a> Claimer<'a> {
                 }
                 self.memory = std::mem::take(&mut self.memory).forget_but_tags();
                 if !self.backoff.wait().await {
-                    return Err(unreachable(self.settings, e));
+                    // The service answered before and said "wait": the id is what is missing,
+                    // not the service.
+                    return Err(match &self.waiting_for {
+                        Some(why) => self.no_eligible_id(format!(
+                            "still waiting at the boot deadline: {why} (last attempt: {e:#})"
+                        )),
+                        None => unreachable(self.settings, e),
+                    });
                 }
                 Ok(None)
             }
