@@ -20,8 +20,9 @@ pub const RESOURCE_IN_USE: i32 = 6;
 /// The id's ENI or volume is missing or ambiguous in this AZ (`resource_not_found`).
 pub const RESOURCE_NOT_FOUND: i32 = 7;
 
-/// A blank volume not tagged new, or data of another node or cluster (`blank_volume_not_new`,
-/// `identity_mismatch`): nothing was formatted, mounted or written.
+/// A blank volume not tagged new, data of another node or cluster, a device that cannot be
+/// read or holds what no probe names (`blank_volume_not_new`, `identity_mismatch`,
+/// `unreadable_device`, `unrecognised_data`): nothing was formatted, mounted or written.
 pub const UNSAFE_DATA: i32 = 8;
 
 /// Maps an error chain to the exit code it deserves.

@@ -1,7 +1,8 @@
 //! Finding a volume's block device: by its NVMe serial (the volume id without its dash) under
 //! sysfs, which is trustworthy where /dev/disk/by-id links can be stale; on instances without
 //! NVMe, by the requested device name with its xvd/sd aliasing. Never the root device, never
-//! a device whose serial names another volume.
+//! a device whose serial names another volume. And reading a device's edges, to prove a volume
+//! blank before it is formatted.
 
 use std::path::{Path, PathBuf};
 
@@ -94,6 +95,64 @@ pub fn find(
     }
 }
 
+/// How much of each end of a volume is read to prove it blank.
+pub const EDGE: u64 = 1 << 20;
+
+/// Whether the first and last [`EDGE`] bytes of the device read back as zeros.
+///
+/// A new EBS volume created empty (not from a snapshot or a volume copy) reads as zeros: no
+/// data blocks are written to it before it is used, unlike a volume from a snapshot ("Empty
+/// volumes deliver their maximum performance immediately after creation and do not require
+/// initialization", AWS, "Initialize Amazon EBS volumes",
+/// <https://docs.aws.amazon.com/ebs/latest/userguide/initalize-volume.html>). Filesystems,
+/// RAID/LVM labels and partition tables keep marks at one end or the other.
+///
+/// Reads bypass the page cache (`O_DIRECT`): what counts is what the device returns now. An
+/// I/O error, or a read that returns fewer bytes than asked (a device whose backing store
+/// vanished), is an error: such a device proves nothing.
+pub fn reads_as_zeros(path: &Path) -> Result<bool> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let size = file
+        .seek(SeekFrom::End(0))
+        .with_context(|| format!("reading the size of {}", path.display()))?;
+    if size == 0 {
+        bail!("{} reports a size of 0 bytes", path.display());
+    }
+    // O_DIRECT wants buffers and offsets aligned to the logical block size (512 or 4096).
+    const ALIGN: u64 = 4096;
+    let len = EDGE.min(size);
+    let tail = (size - len) / ALIGN * ALIGN;
+    let mut raw = vec![0u8; len as usize + ALIGN as usize];
+    let at = raw.as_ptr().align_offset(ALIGN as usize);
+    for start in [0, tail] {
+        let want = len.min(size - start) as usize;
+        let buf = &mut raw[at..at + want];
+        let got = file.read_at(buf, start).with_context(|| {
+            format!(
+                "reading {want} bytes at offset {start} of {}",
+                path.display()
+            )
+        })?;
+        if got != want {
+            bail!(
+                "short read at offset {start} of {}: {got} of {want} bytes",
+                path.display()
+            );
+        }
+        if buf.iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +204,22 @@ mod tests {
         );
         let devs = [dev("xvdf", "202:80", Some("vol0other"))];
         assert!(find(&devs, "vol-0abc", "/dev/sdf", None).is_err());
+    }
+
+    #[test]
+    fn zeros_at_both_ends_read_as_blank_and_a_mark_does_not() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("img");
+        let f = std::fs::File::create(&img).unwrap();
+        f.set_len(8 << 20).unwrap();
+        assert!(reads_as_zeros(&img).unwrap());
+        std::os::unix::fs::FileExt::write_all_at(&f, b"x", (8 << 20) - 1).unwrap();
+        assert!(!reads_as_zeros(&img).unwrap());
+        f.set_len(0).unwrap();
+        assert!(
+            reads_as_zeros(&img).is_err(),
+            "an empty device proves nothing"
+        );
     }
 
     #[test]

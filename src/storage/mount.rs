@@ -21,13 +21,20 @@ use crate::aws::ec2::ResourceKind;
 use crate::aws::retry_transient;
 use crate::config::{Role, Settings};
 
-/// Storage failures a caller branches on.
+/// Storage failures a caller branches on. Each leaves the volume as it was found.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
     #[error("{0}")]
     BlankNotNew(String),
     #[error("{0}")]
     IdentityMismatch(String),
+    /// The device cannot be read (an I/O error, a short read) or probed: it proves nothing.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The device holds something no probe names as one filesystem (a partition table,
+    /// non-zero bytes without a signature, several signatures at once).
+    #[error("{0}")]
+    Unrecognised(String),
 }
 
 impl StorageError {
@@ -35,6 +42,8 @@ impl StorageError {
         match self {
             StorageError::BlankNotNew(_) => "blank_volume_not_new",
             StorageError::IdentityMismatch(_) => "identity_mismatch",
+            StorageError::Unreadable(_) => "unreadable_device",
+            StorageError::Unrecognised(_) => "unrecognised_data",
         }
     }
 }
@@ -55,31 +64,75 @@ fn run(program: &str, args: &[&str]) -> Result<std::process::Output> {
         .with_context(|| format!("running {program}"))
 }
 
-/// The filesystem type and UUID on `dev`, or None for a blank device.
+/// The filesystem type and UUID on `dev`, or None when a low-level probe (`blkid -p`) found no
+/// signature at all. None alone does not make a device blank: see [`prove_blank`].
 pub fn probe(dev: &Path) -> Result<Option<(String, String)>> {
+    probe_as(&dev.display().to_string(), dev)
+}
+
+/// [`probe`], naming the device as `what` in a refusal (`vol-0ab.. (/dev/nvme1n1)`).
+fn probe_as(what: &str, dev: &Path) -> Result<Option<(String, String)>> {
     let out = run("blkid", &["-p", "-o", "export", &dev.to_string_lossy()])?;
-    match out.status.code() {
+    Ok(probed(
+        what,
+        out.status.code(),
+        &String::from_utf8_lossy(&out.stdout),
+        &String::from_utf8_lossy(&out.stderr),
+    )?)
+}
+
+/// What `blkid -p -o export` said (blkid(8): exit 0 found, 2 nothing found, 8 ambivalent
+/// low-level probing result, 4 usage or other error).
+fn probed(
+    dev: &str,
+    code: Option<i32>,
+    stdout: &str,
+    stderr: &str,
+) -> Result<Option<(String, String)>, StorageError> {
+    match code {
         Some(0) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let props = gate::properties(&text);
+            let props = gate::properties(stdout);
             match props.get("TYPE") {
                 Some(t) => Ok(Some((
                     t.clone(),
                     props.get("UUID").cloned().unwrap_or_default(),
                 ))),
                 // Something is there (a partition table, say) but no filesystem: not blank.
-                None => bail!(
-                    "{} holds data blkid cannot name as a filesystem: refusing it",
-                    dev.display()
-                ),
+                None => Err(StorageError::Unrecognised(format!(
+                    "{dev} holds {} but no filesystem blkid can name: refusing it",
+                    props
+                        .get("PTTYPE")
+                        .map_or("a signature".to_string(), |p| format!(
+                            "a {p} partition table"
+                        ))
+                ))),
             }
         }
         Some(2) => Ok(None),
-        _ => bail!(
-            "blkid {} failed: {}",
-            dev.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        Some(8) => Err(StorageError::Unrecognised(format!(
+            "{dev} carries several signatures (blkid -p: ambivalent probing result): refusing it"
+        ))),
+        _ => Err(StorageError::Unreadable(format!(
+            "probing {dev} failed (blkid -p exit {}): {}",
+            code.map_or("by signal".to_string(), |c| c.to_string()),
+            stderr.trim()
+        ))),
+    }
+}
+
+/// Proves a device on which [`probe`] found no signature blank: its first and last MiB read
+/// back as zeros, as a new EBS volume does. blkid's "nothing found" alone is no proof: a device
+/// whose reads fail or come back short ends there too, and mkfs run without a terminal does
+/// not refuse what it cannot see.
+fn prove_blank(what: &str, dev: &Path) -> Result<(), StorageError> {
+    match device::reads_as_zeros(dev) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(StorageError::Unrecognised(format!(
+            "{what} holds data no probe names (its first or last MiB is not zeros): it is not blank; refusing to format it"
+        ))),
+        Err(e) => Err(StorageError::Unreadable(format!(
+            "{what} cannot be read: {e:#}; refusing to format it"
+        ))),
     }
 }
 
@@ -156,9 +209,11 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
     };
 
     let mut how = "mounted";
-    let (fs, uuid) = match probe(&dev.path)? {
+    let what = format!("{volume} ({})", dev.path.display());
+    let (fs, uuid) = match probe_as(&what, &dev.path)? {
         Some(found) => found,
         None => {
+            prove_blank(&what, &dev.path)?;
             let state =
                 retry_transient(deadline, || volume_state(clients, settings, &volume)).await?;
             if state.as_deref() != Some("new") {
@@ -261,6 +316,27 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_probe_that_found_nothing_may_lead_to_a_format() {
+        let dev = "vol-1 (/dev/nvme1n1)";
+        let fs = "DEVNAME=/dev/nvme1n1\nUUID=u1\nTYPE=xfs\nUSAGE=filesystem\n";
+        assert_eq!(
+            probed(dev, Some(0), fs, "").unwrap(),
+            Some(("xfs".into(), "u1".into()))
+        );
+        assert_eq!(probed(dev, Some(2), "", "").unwrap(), None);
+        let refused = |code, out: &str, kind: &str| {
+            let e =
+                probed(dev, code, out, "blkid: error: /dev/nvme1n1: No such device").unwrap_err();
+            assert_eq!(e.kind(), kind, "{e}");
+            assert!(e.to_string().contains(dev), "{e}");
+        };
+        refused(Some(0), "PTUUID=x\nPTTYPE=gpt\n", "unrecognised_data");
+        refused(Some(8), "", "unrecognised_data");
+        refused(Some(4), "", "unreadable_device");
+        refused(None, "", "unreadable_device");
+    }
 
     #[test]
     fn fstab_keeps_one_line_per_mount_point() {
