@@ -48,6 +48,21 @@ pub fn read<T: serde::de::DeserializeOwned>(state_dir: &Path, name: &str) -> Res
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
+/// Reads what a step recorded, or None when it recorded nothing yet.
+pub fn read_if_any<T: serde::de::DeserializeOwned>(
+    state_dir: &Path,
+    name: &str,
+) -> Result<Option<T>> {
+    let path = state_dir.join(format!("{name}.json"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("parsing {}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,5 +76,13 @@ mod tests {
         assert!(write_atomic(&p, b"b").unwrap());
         assert_eq!(std::fs::read(&p).unwrap(), b"b");
         assert_eq!(std::fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_step_that_recorded_nothing_reads_as_none() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_if_any::<u32>(dir.path(), "format").unwrap(), None);
+        record(dir.path(), "format", &7u32).unwrap();
+        assert_eq!(read_if_any::<u32>(dir.path(), "format").unwrap(), Some(7));
     }
 }

@@ -5,7 +5,8 @@
 
 mod common;
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Backend, Cluster};
@@ -16,8 +17,20 @@ fn image(world: &World, vol: &str) -> PathBuf {
     world.dir.join("volumes").join(format!("{vol}.img"))
 }
 
+fn data(world: &World, inst: &str) -> PathBuf {
+    world.host_dir(inst).join("var/lib/kafka")
+}
+
 fn device(world: &World, inst: &str) -> PathBuf {
     world.host_dir(inst).join("dev/nvme1n1")
+}
+
+/// A step's journal on a host, as JSON.
+fn journal(world: &World, inst: &str, step: &str) -> serde_json::Value {
+    let path = world
+        .host_dir(inst)
+        .join(format!("var/lib/kafka-agent/{step}.json"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
 async fn state_tag(world: &World, vol: &str) -> Option<String> {
@@ -58,6 +71,46 @@ async fn plugged(world: &World, inst: &str, vol: &str) {
         })
         .await
         .unwrap();
+}
+
+/// Runs `kafka-agent mount` with `bin` first on PATH (a directory of stand-in tools).
+async fn mount_with_path(
+    cluster: &Cluster,
+    world: &World,
+    inst: &str,
+    bin: &Path,
+) -> (Option<i32>, String) {
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = cluster
+        .command(world, inst, &["mount"])
+        .env("PATH", path)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes an executable `mkfs.xfs` stand-in into `dir`: the real mkfs, then `after` (shell,
+/// with `$dev` the device), then SIGKILL to the agent that ran it (its parent).
+fn mkfs_wrapper(dir: &Path, after: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let real = ["/usr/sbin/mkfs.xfs", "/sbin/mkfs.xfs"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("mkfs.xfs is not installed (xfsprogs)");
+    let script = format!(
+        "#!/bin/sh\nfor dev in \"$@\"; do :; done\n{real} \"$@\" || exit 1\n{after}\nkill -9 $PPID\nexit 0\n"
+    );
+    let path = dir.join("mkfs.xfs");
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
 // Item 7: blank is proven by reading.
@@ -121,4 +174,98 @@ async fn data_without_a_filesystem_signature_is_never_formatted() {
     .unwrap();
     assert_eq!(tail, b"00000000000000000042.log");
     assert_eq!(state_tag(&world, &vol).await.as_deref(), Some("new"));
+}
+
+// Item 8: the new marker and the format intent.
+
+#[tokio::test]
+async fn a_volume_found_formatted_loses_its_new_marker() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, true);
+    let (_, _, vol) = cluster.resources_for(&world, 0, "a").await;
+    // An earlier node formatted the volume and died before clearing `new`.
+    let img = image(&world, &vol);
+    std::fs::create_dir_all(img.parent().unwrap()).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let mkfs = std::process::Command::new("mkfs.xfs")
+        .arg("-q")
+        .arg(&img)
+        .status()
+        .unwrap();
+    assert!(mkfs.success());
+    let inst = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &inst).await.unwrap();
+    cluster.attach(&world, &inst).await.unwrap();
+
+    let m = cluster.mount(&world, &inst).await.unwrap();
+    assert_eq!(
+        m["how"], "mounted",
+        "an existing filesystem is never formatted"
+    );
+    assert_eq!(
+        state_tag(&world, &vol).await.as_deref(),
+        Some("formatted"),
+        "a volume holding a filesystem stays marked formattable"
+    );
+}
+
+#[tokio::test]
+async fn a_format_killed_half_way_converges_on_the_next_run() {
+    let (world, cluster, vol, inst) = attached().await;
+    // mkfs.xfs marks its superblock "in progress" first and clears that last: killed before
+    // the end, it leaves a filesystem blkid names as xfs that does not mount.
+    let bin = world.dir.join("half-mkfs");
+    mkfs_wrapper(
+        &bin,
+        "xfs_db -x -c 'sb 0' -c 'write inprogress 1' \"$dev\" >/dev/null",
+    );
+    let (code, stderr) = mount_with_path(&cluster, &world, &inst, &bin).await;
+    assert_eq!(code, None, "the agent was killed mid-format: {stderr}");
+
+    let m = cluster.mount(&world, &inst).await.unwrap();
+    assert_eq!(m["how"], "formatted_and_mounted", "{m}");
+    let intent = journal(&world, &inst, "format");
+    assert_eq!(intent["volume"], vol.as_str(), "{intent}");
+    assert_eq!(intent["filesystem"], "xfs", "{intent}");
+    assert!(
+        intent["device"].as_str().unwrap().ends_with("/nvme1n1"),
+        "{intent}"
+    );
+    assert_eq!(state_tag(&world, &vol).await.as_deref(), Some("formatted"));
+    std::fs::write(data(&world, &inst).join("probe"), "written").unwrap();
+    let again = cluster.mount(&world, &inst).await.unwrap();
+    assert_eq!(again["how"], "already");
+}
+
+#[tokio::test]
+async fn a_crash_between_mkfs_and_the_tag_converges_without_a_second_mkfs_elsewhere() {
+    let (world, cluster, vol, inst) = attached().await;
+    // mkfs completes; the agent dies before clearing `new`. The volume then moves to a
+    // replacement, which did not begin that format: it mounts the filesystem as it is.
+    let bin = world.dir.join("crash-mkfs");
+    mkfs_wrapper(&bin, ":");
+    let (code, stderr) = mount_with_path(&cluster, &world, &inst, &bin).await;
+    assert_eq!(code, None, "{stderr}");
+    let uuid = kafka_agent::storage::mount::probe(&device(&world, &inst))
+        .unwrap()
+        .unwrap()
+        .1;
+    world.terminate(&inst).await.unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    cluster.claim(&world, &second).await.unwrap();
+    cluster.attach(&world, &second).await.unwrap();
+    let m = cluster.mount(&world, &second).await.unwrap();
+    assert_eq!(m["how"], "mounted", "{m}");
+    assert_eq!(
+        kafka_agent::storage::mount::probe(&device(&world, &second))
+            .unwrap()
+            .unwrap()
+            .1,
+        uuid,
+        "formatted again"
+    );
+    assert_eq!(state_tag(&world, &vol).await.as_deref(), Some("formatted"));
 }

@@ -136,6 +136,56 @@ fn prove_blank(what: &str, dev: &Path) -> Result<(), StorageError> {
     }
 }
 
+/// The journal entry of the volume's first format (`<state_dir>/format.json`), written before
+/// mkfs runs: only a volume this node began formatting is ever formatted with force.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Format {
+    pub volume: String,
+    pub device: String,
+    pub filesystem: String,
+    /// `formatting` (mkfs may have been cut short) | `formatted` (the volume is tagged so).
+    pub state: String,
+}
+
+const FORMAT: &str = "format";
+const FORMATTING: &str = "formatting";
+const FORMATTED: &str = "formatted";
+
+/// Journals the intent, then makes a `filesystem` on `dev` (`force`: over what a format this
+/// node began left behind). Returns the new filesystem's type and UUID.
+fn format(
+    state_dir: &Path,
+    volume: &str,
+    dev: &Path,
+    filesystem: &str,
+    force: bool,
+) -> Result<(String, String)> {
+    let intent = Format {
+        volume: volume.into(),
+        device: dev.to_string_lossy().into_owned(),
+        filesystem: filesystem.into(),
+        state: FORMATTING.into(),
+    };
+    crate::journal::record(state_dir, FORMAT, &intent)?;
+    tracing::info!(volume, device = %dev.display(), fs = filesystem, force, "formatting a new volume");
+    let mut args = vec!["-q"];
+    if force {
+        // mkfs.xfs -f, mkfs.ext4 -F: overwrite what is there.
+        args.push(if filesystem == "xfs" { "-f" } else { "-F" });
+    }
+    let dev_arg = dev.to_string_lossy();
+    args.push(&dev_arg);
+    let out = run(&format!("mkfs.{filesystem}"), &args)?;
+    if !out.status.success() {
+        bail!(
+            "mkfs.{filesystem} {} ({volume}) failed: {}",
+            dev.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    probe(dev)?.with_context(|| format!("no filesystem on {} after mkfs", dev.display()))
+}
+
 /// `(major:minor, mount point)` of every mount.
 fn mounts() -> Vec<(String, String)> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -210,40 +260,52 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
 
     let mut how = "mounted";
     let what = format!("{volume} ({})", dev.path.display());
-    let (fs, uuid) = match probe_as(&what, &dev.path)? {
-        Some(found) => found,
-        None => {
-            prove_blank(&what, &dev.path)?;
-            let state =
-                retry_transient(deadline, || volume_state(clients, settings, &volume)).await?;
-            if state.as_deref() != Some("new") {
-                return Err(StorageError::BlankNotNew(format!(
-                    "{volume} ({}) is blank but tagged {}={}: that is lost data, not a new disk; refusing to format it",
-                    dev.path.display(),
-                    st.state_tag,
-                    state.as_deref().unwrap_or("<missing>")
-                ))
-                .into());
+    let state_dir = &settings.paths.state_dir;
+    let state = retry_transient(deadline, || volume_state(clients, settings, &volume)).await?;
+    let is_new = state.as_deref() == Some("new");
+    let begun = crate::journal::read_if_any::<Format>(state_dir, FORMAT)?
+        .filter(|f| f.volume == volume && f.state == FORMATTING);
+    let (fs, uuid) = if begun.is_some() && is_new {
+        // This node began formatting the volume and did not finish: nothing has mounted it
+        // since (a mount only follows a finished format), so formatting it again, with force,
+        // loses nothing. What a killed mkfs left may look like a filesystem, or like nothing.
+        tracing::warn!(volume, device = %dev.path.display(), "formatting again: the format this node began did not finish");
+        how = "formatted_and_mounted";
+        format(state_dir, &volume, &dev.path, &st.filesystem, true)?
+    } else {
+        match probe_as(&what, &dev.path)? {
+            Some(found) => found,
+            None => {
+                prove_blank(&what, &dev.path)?;
+                if !is_new {
+                    return Err(StorageError::BlankNotNew(format!(
+                        "{what} is blank but tagged {}={}: that is lost data, not a new disk; refusing to format it",
+                        st.state_tag,
+                        state.as_deref().unwrap_or("<missing>")
+                    ))
+                    .into());
+                }
+                how = "formatted_and_mounted";
+                format(state_dir, &volume, &dev.path, &st.filesystem, false)?
             }
-            tracing::info!(volume, device = %dev.path.display(), fs = %st.filesystem, "formatting a new volume");
-            let out = run(
-                &format!("mkfs.{}", st.filesystem),
-                &["-q", &dev.path.to_string_lossy()],
-            )?;
-            if !out.status.success() {
-                bail!(
-                    "mkfs.{} {} failed: {}",
-                    st.filesystem,
-                    dev.path.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
-            let formatted = [(st.state_tag.clone(), "formatted".to_string())];
-            retry_transient(deadline, || clients.ec2.tag(&volume, &formatted)).await?;
-            how = "formatted_and_mounted";
-            probe(&dev.path)?.context("no filesystem after mkfs")?
         }
     };
+    // A filesystem is on the volume: it is no longer new, whoever made it (a node that died
+    // between its mkfs and this tag leaves it to the next one).
+    if is_new {
+        let formatted = [(st.state_tag.clone(), "formatted".to_string())];
+        retry_transient(deadline, || clients.ec2.tag(&volume, &formatted)).await?;
+    }
+    if let Some(begun) = begun {
+        crate::journal::record(
+            state_dir,
+            FORMAT,
+            &Format {
+                state: FORMATTED.into(),
+                ..begun
+            },
+        )?;
+    }
 
     let data_dir = st.data_dir.to_string_lossy().into_owned();
     let already = mounts()
