@@ -113,6 +113,29 @@ fn mkfs_wrapper(dir: &Path, after: &str) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// `dblocks` of the XFS filesystem on `dev`, read without mounting.
+fn xfs_blocks(dev: &Path) -> u64 {
+    // XFS writes past the block device's page cache: drop it, or xfs_db reads a stale
+    // superblock.
+    let flushed = std::process::Command::new("blockdev")
+        .arg("--flushbufs")
+        .arg(dev)
+        .status()
+        .unwrap();
+    assert!(flushed.success());
+    let out = std::process::Command::new("xfs_db")
+        .args(["-r", "-c", "sb 0", "-c", "print dblocks"])
+        .arg(dev)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("dblocks = ")
+        .unwrap_or_else(|| panic!("xfs_db: {text} {}", String::from_utf8_lossy(&out.stderr)))
+        .parse()
+        .unwrap()
+}
+
 // Item 7: blank is proven by reading.
 
 #[tokio::test]
@@ -268,4 +291,90 @@ async fn a_crash_between_mkfs_and_the_tag_converges_without_a_second_mkfs_elsewh
         "formatted again"
     );
     assert_eq!(state_tag(&world, &vol).await.as_deref(), Some("formatted"));
+}
+
+// Item 9: the identity gate reads where the configuration points, before any write.
+
+#[tokio::test]
+async fn another_nodes_log_dir_below_the_mount_is_refused() {
+    let (world, cluster, _, inst) = attached().await;
+    cluster.mount(&world, &inst).await.unwrap();
+    let logs = data(&world, &inst).join(kafka_agent::storage::KAFKA_LOG_DIR);
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(
+        logs.join("meta.properties"),
+        "node.id=2\ncluster.id=other\n",
+    )
+    .unwrap();
+    nix::mount::umount(&data(&world, &inst)).unwrap();
+    std::fs::remove_file(world.host_dir(&inst).join("etc/fstab")).unwrap();
+
+    let (code, stderr) = cluster.mount(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(stderr.contains("[identity_mismatch]"), "{stderr}");
+    assert!(
+        stderr.contains("holds node 2 of cluster other, expected node 0"),
+        "{stderr}"
+    );
+    assert!(!world.host_dir(&inst).join("etc/fstab").exists());
+    assert!(!logs.exists(), "left mounted");
+}
+
+#[tokio::test]
+async fn another_nodes_grown_volume_is_refused_before_its_filesystem_grows() {
+    let (world, cluster, vol, inst) = attached().await;
+    cluster.mount(&world, &inst).await.unwrap();
+    std::fs::write(data(&world, &inst).join("meta.properties"), "node.id=2\n").unwrap();
+    nix::mount::umount(&data(&world, &inst)).unwrap();
+    std::fs::remove_file(world.host_dir(&inst).join("etc/fstab")).unwrap();
+    let dev = device(&world, &inst);
+    let before = xfs_blocks(&dev);
+    world
+        .ec2
+        .modify_volume()
+        .volume_id(&vol)
+        .size(2)
+        .send()
+        .await
+        .unwrap();
+    let sys = world.host_dir(&inst).join("sys/block/nvme1n1/size");
+    world
+        .wait_until(Duration::from_secs(10), "the device to grow", || {
+            std::fs::read_to_string(&sys).is_ok_and(|s| s.trim() == (2u64 << 30 >> 9).to_string())
+        })
+        .await
+        .unwrap();
+
+    let (code, stderr) = cluster.mount(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(stderr.contains("[identity_mismatch]"), "{stderr}");
+    assert_eq!(
+        xfs_blocks(&dev),
+        before,
+        "another node's filesystem was grown"
+    );
+}
+
+#[tokio::test]
+async fn a_run_killed_after_its_read_only_mount_converges_to_a_writable_one() {
+    let (world, cluster, _, inst) = attached().await;
+    cluster.mount(&world, &inst).await.unwrap();
+    std::fs::write(data(&world, &inst).join("meta.properties"), "node.id=0\n").unwrap();
+    nix::mount::umount(&data(&world, &inst)).unwrap();
+    // What a run killed between the gate's read-only mount and the remount leaves.
+    nix::mount::mount(
+        Some(&device(&world, &inst)),
+        &data(&world, &inst),
+        Some("xfs"),
+        nix::mount::MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+    let m = cluster.mount(&world, &inst).await.unwrap();
+    assert_eq!(m["how"], "mounted", "{m}");
+    std::fs::write(data(&world, &inst).join("00000.log"), "writable").unwrap();
+    assert_eq!(
+        cluster.mount(&world, &inst).await.unwrap()["how"],
+        "already"
+    );
 }

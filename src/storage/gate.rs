@@ -3,6 +3,11 @@
 //! ZooKeeper keeps `myid` in its data dir.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use crate::config::Role;
 
 /// What a data directory says about whose it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +38,46 @@ pub fn kafka(meta: &str) -> Found {
             .and_then(|v| v.parse().ok()),
         cluster_id: p.get("cluster.id").cloned(),
     }
+}
+
+/// What each of `dirs` says about whose data it holds: Kafka's `meta.properties` or
+/// ZooKeeper's `myid`. A directory without the file says nothing; a file that cannot be read
+/// is an error naming it (it proves nothing either way).
+pub fn read(role: Role, dirs: &[PathBuf]) -> Result<Vec<(PathBuf, Found)>> {
+    let name = match role {
+        Role::Kafka => "meta.properties",
+        Role::Zookeeper => "myid",
+    };
+    let mut out = Vec::new();
+    for dir in dirs {
+        let path = dir.join(name);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        let found = match role {
+            Role::Kafka => kafka(&text),
+            Role::Zookeeper => Found {
+                node_id: text.trim().parse().ok(),
+                cluster_id: None,
+            },
+        };
+        out.push((path, found));
+    }
+    Ok(out)
+}
+
+/// The first reason to refuse among what [`read`] found, naming the file.
+pub fn refusal(
+    volume: &str,
+    found: &[(PathBuf, Found)],
+    id: u32,
+    cluster: Option<&str>,
+) -> Option<String> {
+    found.iter().find_map(|(path, f)| {
+        mismatch(volume, f, id, cluster).map(|why| format!("{why} ({})", path.display()))
+    })
 }
 
 /// None when the data belongs to `id` (and `cluster`, when both sides know it); otherwise the
@@ -80,6 +125,31 @@ mod tests {
                 cluster_id: Some("q1".into())
             }
         );
+    }
+
+    #[test]
+    fn reads_every_data_dir_and_names_the_file_that_refuses() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().to_path_buf();
+        let logs = root.join("kafka-logs");
+        std::fs::create_dir_all(&logs).unwrap();
+        std::fs::write(logs.join("meta.properties"), "node.id=2\n").unwrap();
+        let found = read(Role::Kafka, &[root.clone(), logs.clone()]).unwrap();
+        assert_eq!(found.len(), 1, "the mount root holds no meta.properties");
+        let why = refusal("vol-1", &found, 1, None).unwrap();
+        assert!(
+            why.starts_with("vol-1 holds node 2, expected node 1 ("),
+            "{why}"
+        );
+        assert!(why.contains("kafka-logs/meta.properties"), "{why}");
+        assert_eq!(refusal("vol-1", &found, 2, None), None);
+
+        std::fs::write(root.join("myid"), "3\n").unwrap();
+        let found = read(Role::Zookeeper, &[root.clone(), root.join("zookeeper")]).unwrap();
+        assert_eq!(found[0].1.node_id, Some(3));
+        // A file that cannot be read proves nothing: an error, not a pass.
+        std::fs::create_dir_all(root.join("zookeeper/myid")).unwrap();
+        assert!(read(Role::Zookeeper, &[root.join("zookeeper")]).is_err());
     }
 
     #[test]

@@ -1,11 +1,15 @@
 //! Mounting the id's volume at the data directory, safely:
 //!
 //! * the device is the one whose NVMe serial names the volume (never root, never another's);
-//! * a device with a filesystem is mounted as it is; a blank one is formatted only when the
-//!   volume is tagged `new`, and is then re-tagged `formatted`; a blank device on a volume
-//!   tagged otherwise is refused (that is data loss, not a new disk);
-//! * the data must belong to this id (and cluster) before the mount is persisted: otherwise
-//!   the volume is unmounted again and the step refuses, having written nothing;
+//! * a device with a filesystem is mounted as it is, and a volume still tagged `new` is
+//!   re-tagged `formatted` as soon as a filesystem is seen on it;
+//! * a device is formatted only when it is provably blank (no signature, and its first and
+//!   last MiB read as zeros) and the volume is tagged `new`; the journal records the intent
+//!   first, so a format this node began and did not finish is done again, with force;
+//! * what cannot be read or named is refused, never formatted;
+//! * the data must belong to this id (and cluster) where the configuration will point, checked
+//!   on a read-only mount before anything writes to the volume (growing it included):
+//!   otherwise the volume is unmounted again and the step refuses, having written nothing;
 //! * fstab gets exactly one line for the data directory (by UUID, with `nofail`).
 
 use std::path::Path;
@@ -13,13 +17,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use nix::mount::MsFlags;
 use serde::Serialize;
 
 use super::{device, gate};
 use crate::aws::Clients;
 use crate::aws::ec2::ResourceKind;
 use crate::aws::retry_transient;
-use crate::config::{Role, Settings};
+use crate::config::Settings;
 
 /// Storage failures a caller branches on. Each leaves the volume as it was found.
 #[derive(Debug, thiserror::Error)]
@@ -186,14 +191,26 @@ fn format(
     probe(dev)?.with_context(|| format!("no filesystem on {} after mkfs", dev.display()))
 }
 
-/// `(major:minor, mount point)` of every mount.
-fn mounts() -> Vec<(String, String)> {
+/// A mount as /proc/self/mountinfo shows it.
+struct Mount {
+    /// `major:minor` of the mounted device.
+    dev: String,
+    point: String,
+    read_only: bool,
+}
+
+/// Every mount of this process's namespace.
+fn mounts() -> Vec<Mount> {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()
         .lines()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            Some((f.get(2)?.to_string(), f.get(4)?.replace("\\040", " ")))
+            Some(Mount {
+                dev: f.get(2)?.to_string(),
+                point: f.get(4)?.replace("\\040", " "),
+                read_only: f.get(5)?.split(',').any(|o| o == "ro"),
+            })
         })
         .collect()
 }
@@ -235,7 +252,7 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
         .context("the attach journal names no id")? as u32;
 
     // The device: wait for it to appear.
-    let root = mounts().into_iter().find(|(_, m)| m == "/").map(|(d, _)| d);
+    let root = mounts().into_iter().find(|m| m.point == "/").map(|m| m.dev);
     let deadline = Instant::now() + settings.boot.deadline;
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1), deadline);
@@ -307,22 +324,50 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
         )?;
     }
 
+    // Mounted read-only first: the identity gate looks before anything writes to the volume.
     let data_dir = st.data_dir.to_string_lossy().into_owned();
-    let already = mounts()
-        .iter()
-        .any(|(d, m)| *d == dev.dev && *m == data_dir);
-    if already {
-        how = "already";
-    } else {
+    let mounted = mounts()
+        .into_iter()
+        .find(|m| m.dev == dev.dev && m.point == data_dir);
+    if mounted.is_none() {
         std::fs::create_dir_all(&st.data_dir).with_context(|| format!("creating {data_dir}"))?;
         nix::mount::mount(
             Some(&dev.path),
             &st.data_dir,
             Some(fs.as_str()),
-            nix::mount::MsFlags::MS_NOATIME,
+            MsFlags::MS_NOATIME | MsFlags::MS_RDONLY,
             None::<&str>,
         )
-        .with_context(|| format!("mounting {} at {data_dir}", dev.path.display()))?;
+        .with_context(|| format!("mounting {what} read-only at {data_dir}"))?;
+    }
+
+    // The identity gate, where the rendered configuration will point (log.dirs, dataDir) and
+    // at the mount itself.
+    let role = settings.cluster.role;
+    let dirs = [st.data_dir.clone(), super::data_dir(role, &st.data_dir)];
+    let refused: Option<anyhow::Error> = match gate::read(role, &dirs) {
+        Ok(found) => gate::refusal(&volume, &found, id, st.cluster_id.as_deref())
+            .map(|why| StorageError::IdentityMismatch(why).into()),
+        Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
+    };
+    if let Some(err) = refused {
+        if mounted.is_none() {
+            let _ = nix::mount::umount(&st.data_dir);
+        }
+        return Err(err);
+    }
+    match &mounted {
+        Some(m) if !m.read_only => how = "already",
+        _ => {
+            nix::mount::mount(
+                Some(&dev.path),
+                &st.data_dir,
+                Some(fs.as_str()),
+                MsFlags::MS_REMOUNT | MsFlags::MS_NOATIME,
+                None::<&str>,
+            )
+            .with_context(|| format!("remounting {what} read-write at {data_dir}"))?;
+        }
     }
 
     // A volume grown since it was formatted: grow the filesystem (a no-op when it fills the
@@ -334,31 +379,9 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
     };
     if !grow.status.success() {
         bail!(
-            "growing the filesystem on {} failed: {}",
-            dev.path.display(),
+            "growing the filesystem on {what} failed: {}",
             String::from_utf8_lossy(&grow.stderr).trim()
         );
-    }
-
-    // The identity gate, before anything is persisted.
-    let found = match settings.cluster.role {
-        Role::Kafka => std::fs::read_to_string(st.data_dir.join("meta.properties"))
-            .ok()
-            .map(|t| gate::kafka(&t)),
-        Role::Zookeeper => std::fs::read_to_string(st.data_dir.join("myid"))
-            .ok()
-            .map(|t| gate::Found {
-                node_id: t.trim().parse().ok(),
-                cluster_id: None,
-            }),
-    };
-    if let Some(found) = found
-        && let Some(why) = gate::mismatch(&volume, &found, id, st.cluster_id.as_deref())
-    {
-        if !already {
-            let _ = nix::mount::umount(&st.data_dir);
-        }
-        return Err(StorageError::IdentityMismatch(why).into());
     }
 
     let line = format!("UUID={uuid} {data_dir} {fs} defaults,noatime,nofail 0 2");
