@@ -525,7 +525,9 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     let claim_path = raw
         .claim
         .path
-        .unwrap_or_else(|| format!("/kafka-agent/{name}/claims"));
+        // Keyed by role as well: a Kafka cluster and a ZooKeeper ensemble named alike must not
+        // share a ledger (both would hold id 1).
+        .unwrap_or_else(|| format!("/kafka-agent/{}/{name}/claims", raw.cluster.role));
     if !claim_path.starts_with('/') || claim_path.ends_with('/') || claim_path.contains("//") {
         return Err(err(
             "claim.path",
@@ -535,7 +537,7 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     let log_group = raw
         .claim
         .log_group
-        .unwrap_or_else(|| format!("/kafka-agent/{name}"));
+        .unwrap_or_else(|| format!("/kafka-agent/{}/{name}", raw.cluster.role));
     let group_ok = !log_group.is_empty()
         && log_group.len() <= 512
         && log_group

@@ -35,6 +35,7 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         match e.downcast_ref::<ClaimError>() {
             Some(ClaimError::NoEligibleId { .. }) => return NO_ELIGIBLE_ID,
             Some(ClaimError::Unreachable { .. }) => return UNREACHABLE,
+            Some(ClaimError::UnsafeLedger(_)) => return FAILURE,
             None => {}
         }
         if e.is::<crate::storage::mount::StorageError>() {

@@ -329,9 +329,7 @@ async fn an_empty_first_page_never_lets_a_live_brokers_id_be_taken() {
     // Ten minutes later, GetLogEvents answers a few empty pages before the owner record, as
     // AWS documents it may.
     let moto = &testbed::shared().moto;
-    moto.age_streams(&format!("/kafka-agent/{}", cluster.name), 600)
-        .await
-        .unwrap();
+    moto.age_streams(&cluster.log_group(), 600).await.unwrap();
     moto.configure(
         &world.scope,
         &testbed::aws::ScopeSettings {
@@ -377,7 +375,7 @@ async fn a_claim_without_record_is_not_taken_while_a_live_instance_carries_the_i
         .await
         .unwrap();
     let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
-    let group = format!("/kafka-agent/{}", cluster.name);
+    let group = cluster.log_group();
     logs.create_log_group()
         .log_group_name(&group)
         .send()

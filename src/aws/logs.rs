@@ -30,8 +30,9 @@ impl Logs {
         Logs { client }
     }
 
-    /// Creates the log group unless it exists.
-    pub async fn ensure_group(&self, group: &str) -> Result<()> {
+    /// Creates the log group unless it exists; returns its retention in days, if it has a
+    /// retention policy.
+    pub async fn ensure_group(&self, group: &str) -> Result<Option<i32>> {
         match self
             .client
             .create_log_group()
@@ -39,15 +40,29 @@ impl Logs {
             .send()
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {}
             Err(e)
                 if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(aws_error(e, &format!("creating log group {group}"))),
+                    .is_some_and(|s| s.is_resource_already_exists_exception()) => {}
+            Err(e) => return Err(aws_error(e, &format!("creating log group {group}"))),
         }
+        let mut pages = self
+            .client
+            .describe_log_groups()
+            .log_group_name_prefix(group)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, &format!("describing log group {group}")))?;
+            if let Some(g) = page
+                .log_groups()
+                .iter()
+                .find(|g| g.log_group_name() == Some(group))
+            {
+                return Ok(g.retention_in_days());
+            }
+        }
+        Ok(None)
     }
 
     /// Every stream of `group` whose name starts with `prefix`, all pages.

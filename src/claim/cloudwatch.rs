@@ -3,19 +3,25 @@
 //! a first claim creates epoch 0 and a takeover creates the next epoch: of two contenders
 //! exactly one creates it. The highest epoch owns the id; its first event records the owner.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Result;
 
-use super::{Record, Slot};
+use super::{ClaimError, Record, Slot};
 use crate::aws::Clients;
 use crate::aws::logs::Logs;
-use crate::config::Settings;
+use crate::config::{Role, Settings};
 
 pub struct CwlLedger {
     logs: Logs,
     group: String,
+    /// The Kafka cluster's ZooKeeper, when known: its live registrations block their ids
+    /// whatever the ledger. Reconnected after an error.
+    registry: Option<(
+        crate::config::Zookeeper,
+        tokio::sync::Mutex<Option<zookeeper_client::Client>>,
+    )>,
     /// Owner records already read, by stream: a stream's first event never changes.
     owners: std::sync::Mutex<std::collections::HashMap<String, Record>>,
 }
@@ -40,12 +46,43 @@ fn now_ms() -> i64 {
 impl CwlLedger {
     pub async fn open(settings: &Settings, clients: &Clients) -> Result<CwlLedger> {
         let group = settings.claim.log_group.clone();
-        clients.logs.ensure_group(&group).await?;
+        // A retention policy deletes a live owner's record once it is old enough, and the id
+        // then looks abandoned: refuse such a group rather than lose the claim with it.
+        if let Some(days) = clients.logs.ensure_group(&group).await? {
+            return Err(ClaimError::UnsafeLedger(format!(
+                "log group {group} has a retention policy of {days} days: its claim records \
+                 would expire while their owners live; remove the policy \
+                 (aws logs delete-retention-policy --log-group-name {group})"
+            ))
+            .into());
+        }
+        let registry = settings
+            .zookeeper
+            .clone()
+            .filter(|_| settings.cluster.role == Role::Kafka)
+            .map(|zk| (zk, tokio::sync::Mutex::new(None)));
         Ok(CwlLedger {
             logs: clients.logs.clone(),
             group,
+            registry,
             owners: Default::default(),
         })
+    }
+
+    /// Ids with a live broker registration in the cluster's ZooKeeper (none if not known).
+    pub async fn registered(&self) -> Result<BTreeSet<u32>> {
+        let Some((zk, session)) = &self.registry else {
+            return Ok(BTreeSet::new());
+        };
+        let mut guard = session.lock().await;
+        if guard.is_none() {
+            *guard = Some(super::zookeeper::session(zk, &zk.connect).await?);
+        }
+        let r = super::zookeeper::registered(guard.as_ref().expect("set above")).await;
+        if r.is_err() {
+            *guard = None;
+        }
+        r
     }
 
     /// The highest epoch of every id; its owner record is read where `read(id)`.

@@ -233,6 +233,9 @@ pub enum ClaimError {
     },
     #[error("{service} unreachable until the boot deadline: {last}")]
     Unreachable { service: String, last: String },
+    /// The ledger itself cannot be trusted to keep claims (a log group with a retention).
+    #[error("unsafe claim ledger: {0}")]
+    UnsafeLedger(String),
 }
 
 impl ClaimError {
@@ -241,6 +244,7 @@ impl ClaimError {
         match self {
             ClaimError::NoEligibleId { .. } => "no_eligible_id",
             ClaimError::Unreachable { .. } => "coordination_unreachable",
+            ClaimError::UnsafeLedger(_) => "unsafe_ledger",
         }
     }
 }
@@ -307,7 +311,7 @@ impl Ledger {
     async fn registered(&self) -> Result<BTreeSet<u32>> {
         match self {
             Ledger::Zookeeper(l) => l.registered().await,
-            Ledger::CloudwatchLogs(_) => Ok(BTreeSet::new()),
+            Ledger::CloudwatchLogs(l) => l.registered().await,
         }
     }
 

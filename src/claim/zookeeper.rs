@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use zookeeper_client::{Acls, Client, CreateMode, Error as ZkError};
+use zookeeper_client::{Acl, Acls, Client, CreateMode, Error as ZkError, Permission};
 
 use super::{Record, Slot};
 use crate::aws::Transient;
@@ -16,6 +16,8 @@ use crate::config::Settings;
 pub struct ZkLedger {
     client: Client,
     path: String,
+    /// Claims are created with [`PROTECTED`] (a digest is configured).
+    protected: bool,
 }
 
 /// Connection trouble is worth retrying; answers about nodes are not.
@@ -28,8 +30,67 @@ fn zk_error(e: ZkError, doing: &str) -> anyhow::Error {
     if fatal { err } else { Transient(err).into() }
 }
 
-fn options() -> zookeeper_client::CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+/// With a digest: full rights for the digest's identity (`auth`: whoever authenticated as
+/// this session did), read for everyone else, so a claim is rewritten only by an agent of the
+/// cluster (ZooKeeper Programmer's Guide, "Builtin ACL Schemes").
+static PROTECTED: [Acl; 2] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+];
+
+fn options(protected: bool) -> zookeeper_client::CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(if protected {
+        Acls::new(&PROTECTED)
+    } else {
+        Acls::anyone_all()
+    })
+}
+
+/// A session to `hosts` (with or without a chroot), authenticated with the digest when one
+/// is configured.
+pub(super) async fn session(zk: &crate::config::Zookeeper, hosts: &str) -> Result<Client> {
+    let c = Client::connector()
+        .with_session_timeout(zk.session_timeout)
+        .with_connection_timeout(Duration::from_secs(2));
+    let c = match &zk.digest {
+        Some(d) => c.with_auth("digest", d.as_bytes()),
+        None => c,
+    };
+    c.connect(hosts)
+        .await
+        .map_err(|e| zk_error(e, &format!("connecting to ZooKeeper {hosts}")))
+}
+
+/// A session to the cluster's ZooKeeper, below its chroot.
+pub async fn connect(settings: &Settings) -> Result<Client> {
+    let zk = settings
+        .zookeeper
+        .as_ref()
+        .context("the zookeeper backend needs [zookeeper] connect")?;
+    session(zk, &zk.connect).await
+}
+
+/// Makes the claim path: its parents open (other clusters' agents may share them), the path
+/// itself protected when a digest is configured (whoever may create below it may claim).
+async fn make_path(client: &Client, path: &str, protected: bool) -> Result<(), ZkError> {
+    if let Some((parent, _)) = path.rsplit_once('/')
+        && !parent.is_empty()
+    {
+        client.mkdir(parent, &options(false)).await?;
+    }
+    match client.create(path, b"", &options(protected)).await {
+        Ok(_) | Err(ZkError::NodeExists) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The ids with a live broker registration under `/brokers/ids`.
+pub async fn registered(client: &Client) -> Result<BTreeSet<u32>> {
+    match client.list_children("/brokers/ids").await {
+        Ok(ids) => Ok(ids.iter().filter_map(|i| i.parse().ok()).collect()),
+        Err(ZkError::NoNode) => Ok(BTreeSet::new()),
+        Err(e) => Err(zk_error(e, "listing /brokers/ids")),
+    }
 }
 
 impl ZkLedger {
@@ -38,45 +99,36 @@ impl ZkLedger {
             .zookeeper
             .as_ref()
             .context("the zookeeper backend needs [zookeeper] connect")?;
-        let connector = || {
-            let c = Client::connector()
-                .with_session_timeout(zk.session_timeout)
-                .with_connection_timeout(Duration::from_secs(2));
-            match &zk.digest {
-                Some(d) => c.with_auth("digest", d.as_bytes()),
-                None => c,
-            }
-        };
-        let connect = |cluster: String| {
-            let c = connector();
-            async move {
-                c.connect(&cluster)
-                    .await
-                    .map_err(|e| zk_error(e, &format!("connecting to ZooKeeper {cluster}")))
-            }
-        };
-        let client = connect(zk.connect.clone()).await?;
-        match client.mkdir(&settings.claim.path, &options()).await {
-            Ok(()) => {}
+        let protected = zk.digest.is_some();
+        let client = session(zk, &zk.connect).await?;
+        let path = &settings.claim.path;
+        if !protected {
+            tracing::warn!(
+                path = %path,
+                "no zookeeper.digest: the claim ledger is open to anyone who can reach ZooKeeper"
+            );
+        }
+        match make_path(&client, path, protected).await {
             Err(ZkError::NoNode) if zk.connect.contains('/') => {
-                // The chroot does not exist yet: make it, as Kafka does for its own.
+                // The chroot does not exist yet: make it, as Kafka does for its own (open:
+                // Kafka registers its brokers below it).
                 let i = zk.connect.find('/').unwrap();
-                let root = connect(zk.connect[..i].to_string()).await?;
-                root.mkdir(&zk.connect[i..], &options())
+                let root = session(zk, &zk.connect[..i]).await?;
+                root.mkdir(&zk.connect[i..], &options(false))
                     .await
                     .map_err(|e| {
                         zk_error(e, &format!("creating the chroot {}", &zk.connect[i..]))
                     })?;
-                client
-                    .mkdir(&settings.claim.path, &options())
+                make_path(&client, path, protected)
                     .await
-                    .map_err(|e| zk_error(e, &format!("creating {}", settings.claim.path)))?;
+                    .map_err(|e| zk_error(e, &format!("creating {path}")))?;
             }
-            Err(e) => return Err(zk_error(e, &format!("creating {}", settings.claim.path))),
+            r => r.map_err(|e| zk_error(e, &format!("creating {path}")))?,
         }
         Ok(ZkLedger {
             client,
-            path: settings.claim.path.clone(),
+            path: path.clone(),
+            protected,
         })
     }
 
@@ -128,17 +180,17 @@ impl ZkLedger {
     }
 
     pub async fn registered(&self) -> Result<BTreeSet<u32>> {
-        match self.client.list_children("/brokers/ids").await {
-            Ok(ids) => Ok(ids.iter().filter_map(|i| i.parse().ok()).collect()),
-            Err(ZkError::NoNode) => Ok(BTreeSet::new()),
-            Err(e) => Err(zk_error(e, "listing /brokers/ids")),
-        }
+        registered(&self.client).await
     }
 
     pub async fn create(&self, id: u32, record: &Record) -> Result<bool> {
         let node = format!("{}/{id}", self.path);
         let data = serde_json::to_vec(record)?;
-        match self.client.create(&node, &data, &options()).await {
+        match self
+            .client
+            .create(&node, &data, &options(self.protected))
+            .await
+        {
             Ok(_) => Ok(true),
             Err(ZkError::NodeExists) => Ok(false),
             Err(e) => Err(zk_error(e, &format!("creating {node}"))),

@@ -24,6 +24,8 @@ pub struct Cluster {
     pub role: &'static str,
     /// ZooKeeper client ports on this machine (the world exposes them).
     pub zk_ports: Vec<u16>,
+    /// `user:password` for the claim ledger's digest authentication.
+    pub digest: Option<String>,
 }
 
 impl Cluster {
@@ -40,7 +42,18 @@ impl Cluster {
             deadline: 60,
             role: "kafka",
             zk_ports: testbed::shared().zookeeper.client_ports(),
+            digest: None,
         }
+    }
+
+    /// The default claim path (below the chroot): keyed by role and cluster name.
+    pub fn claim_path(&self) -> String {
+        format!("/kafka-agent/{}/{}/claims", self.role, self.name)
+    }
+
+    /// The default claim log group: keyed by role and cluster name.
+    pub fn log_group(&self) -> String {
+        format!("/kafka-agent/{}/{}", self.role, self.name)
     }
 
     pub fn chroot(&self) -> String {
@@ -67,7 +80,7 @@ impl Cluster {
              [resources]\neni = {r}\nvolume = {r}\n\n\
              [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
              sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
-             [zookeeper]\nconnect = \"{connect}{chroot}\"\n",
+             [zookeeper]\nconnect = \"{connect}{chroot}\"\n{digest}",
             host = host.display(),
             name = self.name,
             role = self.role,
@@ -81,6 +94,11 @@ impl Cluster {
             r = self.resources,
             connect = connect.join(","),
             chroot = self.chroot(),
+            digest = self
+                .digest
+                .as_ref()
+                .map(|d| format!("digest = \"{d}\"\n"))
+                .unwrap_or_default(),
         );
         let path = host.join("etc/kafka-agent/agent.toml");
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -208,7 +226,7 @@ impl Cluster {
         match self.backend {
             Backend::Zk => {
                 let zk = self.zk().await;
-                let path = format!("/kafka-agent/{}/claims", self.name);
+                let path = self.claim_path();
                 zk.mkdir(&path, &persistent()).await.unwrap();
                 zk.create(&format!("{path}/{id}"), body.as_bytes(), &persistent())
                     .await
@@ -217,7 +235,7 @@ impl Cluster {
             Backend::Cwl => {
                 let logs =
                     aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
-                let group = format!("/kafka-agent/{}", self.name);
+                let group = self.log_group();
                 let _ = logs.create_log_group().log_group_name(&group).send().await;
                 let stream = stream_name(id, 0);
                 logs.create_log_stream()
