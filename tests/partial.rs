@@ -4,6 +4,7 @@
 mod common;
 
 use common::{Backend, Cluster, persistent};
+use kafka_agent::claim::cloudwatch::stream_name;
 use kafka_testbed::{self as testbed, World};
 
 #[tokio::test]
@@ -139,4 +140,163 @@ async fn a_claim_log_group_with_a_retention_policy_is_refused() {
         .await
         .unwrap();
     assert!(streams.log_streams().is_empty(), "nothing was claimed");
+}
+
+/// The owner record a stream's first event holds, read as anyone would.
+async fn first_record(cluster: &Cluster, stream: &str) -> Option<kafka_agent::claim::Record> {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+    let events = logs
+        .get_log_events()
+        .log_group_name(cluster.log_group())
+        .log_stream_name(stream)
+        .start_from_head(true)
+        .send()
+        .await
+        .unwrap();
+    events
+        .events()
+        .first()
+        .and_then(|e| serde_json::from_str(e.message()?).ok())
+}
+
+async fn seed_empty_stream(cluster: &Cluster, id: u32, age_seconds: u64) {
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+    let _ = logs
+        .create_log_group()
+        .log_group_name(cluster.log_group())
+        .send()
+        .await;
+    logs.create_log_stream()
+        .log_group_name(cluster.log_group())
+        .log_stream_name(stream_name(id, 0))
+        .send()
+        .await
+        .unwrap();
+    if age_seconds > 0 {
+        testbed::shared()
+            .moto
+            .age_streams(&cluster.log_group(), age_seconds)
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_claim_is_won_only_once_its_record_is_readable_even_with_a_skewed_clock() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 2, false);
+    // Three hours ahead: CloudWatch Logs answers PutLogEvents with 200 and rejects the event
+    // as too new (rejectedLogEventsInfo.tooNewLogEventStartIndex: events more than 2 hours in
+    // the future are not accepted, PutLogEvents API reference).
+    let inst = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim_skewed(&world, &inst, "+3h").await.unwrap(),
+        (0, "created".to_string())
+    );
+    let record = first_record(&cluster, &stream_name(0, 0)).await;
+    assert_eq!(
+        record.map(|r| r.owner),
+        Some(inst.clone()),
+        "the claim was reported won but its stream holds no record"
+    );
+}
+
+#[tokio::test]
+async fn a_fast_clock_never_takes_a_claim_being_written_for_abandoned() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, false);
+    cluster.deadline = 10;
+    // A contender created id 0's stream a moment ago and is writing its record.
+    seed_empty_stream(&cluster, 0, 0).await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    let (code, stderr) = cluster
+        .claim_skewed(&world, &inst, "+10m")
+        .await
+        .unwrap_err();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(stderr.contains("a claim is being written"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_slow_clock_still_sees_an_abandoned_claim_as_abandoned() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, false);
+    // Id 0's stream was created ten minutes ago by a writer that died before its record.
+    seed_empty_stream(&cluster, 0, 600).await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim_skewed(&world, &inst, "-10m").await.unwrap(),
+        (0, "took_over".to_string())
+    );
+}
+
+#[tokio::test]
+async fn a_create_applied_and_then_failed_is_completed_not_abandoned() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Cwl, 1, false);
+    cluster.deadline = 20;
+    // The first CreateLogStream is applied and its reply lost (a 5xx): the SDK's retry meets
+    // ResourceAlreadyExists for the stream this very agent made.
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            fault_after_rate: Some(1.0),
+            fault_after_actions: Some(vec!["CreateLogStream".into()]),
+            fault_after_limit: Some(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &inst).await.unwrap(),
+        (0, "created".to_string())
+    );
+    let record = first_record(&cluster, &stream_name(0, 0)).await;
+    assert_eq!(record.map(|r| r.owner), Some(inst));
+}
+
+#[tokio::test]
+async fn attaches_applied_and_then_failed_converge_without_a_second_attach() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    cluster.resources_for(&world, 0, "a").await;
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            fault_after_rate: Some(1.0),
+            fault_after_actions: Some(vec!["AttachVolume".into(), "AttachNetworkInterface".into()]),
+            fault_after_limit: Some(2),
+            ..Default::default()
+        },
+    )
+    .await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    assert_eq!(cluster.claim(&world, &inst).await.unwrap().0, 0);
+    let done = cluster.attach(&world, &inst).await.unwrap();
+    let text = done.to_string();
+    assert!(text.contains("attached"), "{text}");
+    // The instance's root volume and the id's volume, attached once.
+    let v = world
+        .ec2
+        .describe_volumes()
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("attachment.instance-id")
+                .values(&inst)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(v.volumes().len(), 2, "{v:?}");
+    // And a rerun changes nothing.
+    assert!(
+        cluster
+            .attach(&world, &inst)
+            .await
+            .unwrap()
+            .to_string()
+            .contains("already")
+    );
 }

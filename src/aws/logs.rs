@@ -1,10 +1,68 @@
 //! The CloudWatch Logs seam: the few calls the claim ledger makes (a log group, its streams,
 //! a stream's first event, an atomic stream create, one event put), in the project's own types.
 
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
 use anyhow::Result;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeDeserializationInterceptorContextRef;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use aws_smithy_types::date_time::{DateTime, Format};
 
 use super::{Transient, aws_error};
+
+/// The service's own clock, as the `Date` header of its last response tells it (RFC 9110
+/// 6.6.1: the time the response was generated, second resolution), carried forward with this
+/// machine's monotonic clock. Ages of claims are measured on it, never on the instance's wall
+/// clock, which may be minutes off.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceClock(Arc<Mutex<Option<(i64, Instant)>>>);
+
+impl ServiceClock {
+    /// A lower bound of the service's time now, milliseconds since the Unix epoch (the header
+    /// is truncated to the second); None before any response carried a date.
+    pub fn now_ms(&self) -> Option<i64> {
+        self.0
+            .lock()
+            .unwrap()
+            .map(|(ms, at)| ms + at.elapsed().as_millis() as i64)
+    }
+
+    fn saw(&self, date: &str) {
+        let Ok(t) = DateTime::from_str(date, Format::HttpDate) else {
+            return;
+        };
+        if let Ok(ms) = t.to_millis() {
+            *self.0.lock().unwrap() = Some((ms, Instant::now()));
+        }
+    }
+}
+
+/// Feeds every response's `Date` header to the [`ServiceClock`].
+#[derive(Debug)]
+struct DateHeader(ServiceClock);
+
+impl Intercept for DateHeader {
+    fn name(&self) -> &'static str {
+        "ServiceClock"
+    }
+
+    fn read_after_transmit(
+        &self,
+        ctx: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some(date) = ctx.response().headers().get("date") {
+            self.0.saw(date);
+        }
+        Ok(())
+    }
+}
 
 /// A log stream as DescribeLogStreams lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,11 +81,24 @@ const MAX_PAGES: usize = 100;
 #[derive(Clone, Debug)]
 pub struct Logs {
     client: aws_sdk_cloudwatchlogs::Client,
+    clock: ServiceClock,
 }
 
 impl Logs {
-    pub fn new(client: aws_sdk_cloudwatchlogs::Client) -> Logs {
-        Logs { client }
+    pub fn new(conf: &aws_config::SdkConfig) -> Logs {
+        let clock = ServiceClock::default();
+        let conf = aws_sdk_cloudwatchlogs::config::Builder::from(conf)
+            .interceptor(DateHeader(clock.clone()))
+            .build();
+        Logs {
+            client: aws_sdk_cloudwatchlogs::Client::from_conf(conf),
+            clock,
+        }
+    }
+
+    /// The service's clock, as its responses tell it.
+    pub fn clock(&self) -> &ServiceClock {
+        &self.clock
     }
 
     /// Creates the log group unless it exists; returns its retention in days, if it has a
@@ -142,26 +213,49 @@ impl Logs {
         }
     }
 
-    /// Puts one event with the given timestamp (milliseconds since the Unix epoch).
+    /// One stream of `group`, if it exists.
+    pub async fn stream(&self, group: &str, name: &str) -> Result<Option<Stream>> {
+        Ok(self
+            .streams(group, name)
+            .await?
+            .into_iter()
+            .find(|s| s.name == name))
+    }
+
+    /// Puts one event with the given timestamp (milliseconds since the Unix epoch). Ok(None)
+    /// when it was accepted; Ok(Some(why)) when the service answered 200 and still rejected it
+    /// (`rejectedLogEventsInfo`: too old, too new or expired, PutLogEvents API reference).
     pub async fn put(
         &self,
         group: &str,
         stream: &str,
         timestamp_ms: i64,
         message: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<String>> {
         let event = InputLogEvent::builder()
             .timestamp(timestamp_ms)
             .message(message)
             .build()?;
-        self.client
+        let out = self
+            .client
             .put_log_events()
             .log_group_name(group)
             .log_stream_name(stream)
             .log_events(event)
             .send()
             .await
-            .map(|_| ())
-            .map_err(|e| aws_error(e, &format!("recording the owner in stream {stream}")))
+            .map_err(|e| aws_error(e, &format!("recording the owner in stream {stream}")))?;
+        Ok(out.rejected_log_events_info().map(|r| {
+            let why = if r.too_new_log_event_start_index().is_some() {
+                "too new"
+            } else if r.too_old_log_event_end_index().is_some() {
+                "too old"
+            } else if r.expired_log_event_end_index().is_some() {
+                "expired"
+            } else {
+                "rejected"
+            };
+            format!("event at {timestamp_ms} ms {why}")
+        }))
     }
 }

@@ -36,7 +36,7 @@ impl Clients {
             ec2: ec2::Ec2::new(aws_sdk_ec2::Client::new(conf)),
             autoscaling: aws_sdk_autoscaling::Client::new(conf),
             cloudformation: aws_sdk_cloudformation::Client::new(conf),
-            logs: logs::Logs::new(aws_sdk_cloudwatchlogs::Client::new(conf)),
+            logs: logs::Logs::new(conf),
         }
     }
 }
@@ -127,6 +127,7 @@ where
         match call().await {
             Err(e) if is_transient(&e) => {
                 tracing::warn!(error = %format!("{e:#}"), "retrying");
+                crate::deadline::waiting_for(format!("{e:#}"));
                 if !backoff.wait().await {
                     return Err(e);
                 }

@@ -4,12 +4,13 @@
 //! exactly one creates it. The highest epoch owns the id; its first event records the owner.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Result;
 
-use super::{ClaimError, Record, Slot};
+use super::{ABANDONED_AFTER, ClaimError, Record, Slot};
 use crate::aws::Clients;
+use crate::aws::Transient;
 use crate::aws::logs::Logs;
 use crate::config::{Role, Settings};
 
@@ -97,7 +98,8 @@ impl CwlLedger {
                 top.insert(id, (epoch, s));
             }
         }
-        let now_ms = now_ms();
+        // Ages on the service's clock (the listing just answered), never this machine's.
+        let service_now = self.logs.clock().now_ms();
         let mut out = BTreeMap::new();
         for (id, (epoch, stream)) in top {
             let name = stream.name;
@@ -118,6 +120,7 @@ impl CwlLedger {
             let record = message
                 .as_deref()
                 .and_then(|m| serde_json::from_str::<Record>(m).ok());
+            // A stream whose first event is not a record (garbage) is neither empty nor owned.
             if let Some(r) = &record {
                 self.owners.lock().unwrap().insert(name.clone(), r.clone());
             }
@@ -130,47 +133,162 @@ impl CwlLedger {
                     record,
                     version: epoch as i64,
                     epoch,
-                    age: stream
-                        .created_ms
-                        .filter(|_| empty)
-                        .map(|c| Duration::from_millis(now_ms.saturating_sub(c) as u64)),
+                    age: match (stream.created_ms, service_now) {
+                        (Some(c), Some(now)) if empty => {
+                            Some(Duration::from_millis(now.saturating_sub(c).max(0) as u64))
+                        }
+                        _ => None,
+                    },
                 },
             );
         }
         Ok(out)
     }
 
-    /// Creates the stream for (`id`, `epoch`) and records the owner; false if it existed.
+    /// Creates the stream for (`id`, `epoch`) and records the owner: true once the record is
+    /// readable as the stream's first event and no later epoch exists; false if another
+    /// contender holds the stream.
+    ///
+    /// An existing stream is still ours to complete when its record is ours, or when it has no
+    /// record and the service made it after this call began: the SDK retries a
+    /// CreateLogStream whose reply was lost (a timeout, a 5xx) after it was applied, and the
+    /// retry meets ResourceAlreadyExists for the stream this very call made.
     pub async fn create(&self, id: u32, epoch: u64, record: &Record) -> Result<bool> {
         let name = stream_name(id, epoch);
+        let asked = Instant::now();
+        let asked_ms = self.logs.clock().now_ms();
+        let mut existing = None;
         if !self.logs.create_stream(&self.group, &name).await? {
-            return Ok(false);
+            let Some(stream) = self.logs.stream(&self.group, &name).await? else {
+                return Ok(false);
+            };
+            match self.record_of(&name).await? {
+                Some(r) if r.owner == record.owner => existing = Some(r),
+                Some(_) => return Ok(false),
+                None => {
+                    // Made by our own (retried) call only if the service made it after we
+                    // asked: `asked_ms` is a lower bound of the service's time then.
+                    let ours =
+                        matches!((asked_ms, stream.created_ms), (Some(a), Some(c)) if c >= a);
+                    if !ours || stream.first_event_ms.is_some() {
+                        return Ok(false);
+                    }
+                    tracing::info!(stream = %name, "completing the stream our retried create made");
+                }
+            }
         }
-        let record = Record {
-            epoch,
-            ..record.clone()
+        let record = match existing {
+            Some(r) => r,
+            None => {
+                let r = Record {
+                    epoch,
+                    ..record.clone()
+                };
+                self.record_owner(&name, &r).await?;
+                r
+            }
         };
-        let message = serde_json::to_string(&record)?;
-        let timestamp = now_ms();
-        // The stream is ours: a failure to record the owner is retried until it holds (a
-        // stream left without owner is only reclaimed once abandoned).
+        self.confirm(id, epoch, &name, &record, asked).await
+    }
+
+    /// The owner record of a stream's first event (None: no readable record).
+    async fn record_of(&self, name: &str) -> Result<Option<Record>> {
+        let message = self.logs.first_message(&self.group, name).await?;
+        Ok(message
+            .as_deref()
+            .and_then(|m| serde_json::from_str::<Record>(m).ok()))
+    }
+
+    /// Puts the owner record, stamped with the service's time (this machine's clock may be
+    /// off by hours), until the service accepts it. An event the service answers 200 for and
+    /// still rejects (too new, too old) is put again with a fresh timestamp.
+    async fn record_owner(&self, name: &str, record: &Record) -> Result<()> {
+        let message = serde_json::to_string(record)?;
         let mut backoff = crate::backoff::Backoff::new(
             Duration::from_millis(100),
             Duration::from_secs(2),
-            std::time::Instant::now() + Duration::from_secs(60),
+            Instant::now() + ABANDONED_AFTER / 4,
         );
         loop {
-            match self.logs.put(&self.group, &name, timestamp, &message).await {
-                Ok(()) => return Ok(true),
-                Err(err) => {
+            let timestamp = self.logs.clock().now_ms().unwrap_or_else(now_ms);
+            let err = match self.logs.put(&self.group, name, timestamp, &message).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(rejected)) => {
+                    tracing::warn!(stream = %name, %rejected, "the owner record was rejected; putting it again");
+                    Transient(anyhow::anyhow!(
+                        "recording the owner in stream {name}: {rejected}"
+                    ))
+                    .into()
+                }
+                Err(e) => e,
+            };
+            if !backoff.wait().await {
+                return Err(err);
+            }
+        }
+    }
+
+    /// A claim is won only when its record reads back as the stream's first event and no
+    /// later epoch took the id meanwhile. A writer slower than half the abandonment window
+    /// (paused, stuck in retries) may have been taken for dead: it waits out the window and
+    /// looks for a later epoch before it believes it owns the id.
+    async fn confirm(
+        &self,
+        id: u32,
+        epoch: u64,
+        name: &str,
+        record: &Record,
+        asked: Instant,
+    ) -> Result<bool> {
+        // PutLogEvents is eventually readable: poll briefly for our own event.
+        let mut backoff = crate::backoff::Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(10),
+        );
+        loop {
+            match self.record_of(name).await? {
+                Some(r) if r.owner == record.owner && r.epoch == record.epoch => break,
+                Some(r) => {
+                    tracing::warn!(stream = %name, owner = %r.owner, "another record came first");
+                    return Ok(false);
+                }
+                None => {
                     if !backoff.wait().await {
-                        return Err(err);
+                        return Err(Transient(anyhow::anyhow!(
+                            "the owner record put in {name} does not read back"
+                        ))
+                        .into());
                     }
                 }
             }
         }
+        if asked.elapsed() > ABANDONED_AFTER / 2 {
+            let settle = (ABANDONED_AFTER + SETTLE).saturating_sub(asked.elapsed());
+            tracing::warn!(
+                stream = %name,
+                waited_s = asked.elapsed().as_secs(),
+                "the claim took longer than half the abandonment window; waiting it out before believing it"
+            );
+            tokio::time::sleep(settle).await;
+        }
+        let later = self
+            .logs
+            .streams(&self.group, &format!("id-{id}.epoch-"))
+            .await?
+            .iter()
+            .filter_map(|s| parse_stream(&s.name))
+            .any(|(i, e)| i == id && e > epoch);
+        if later {
+            tracing::warn!(stream = %name, "a later epoch took the id while this claim was written");
+            return Ok(false);
+        }
+        Ok(true)
     }
 }
+
+/// How long past the abandonment window a slow writer waits for a taker's stream to show.
+const SETTLE: Duration = Duration::from_secs(30);
 
 #[cfg(test)]
 mod tests {

@@ -214,6 +214,10 @@ pub struct ScopeSettings {
     pub fault_after_rate: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault_after_actions: Option<Vec<String>>,
+    /// At most this many calls of the scope get a fault after the mutation (counted from
+    /// now: setting it resets the count).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fault_after_limit: Option<u32>,
     /// Token buckets per action: (rate per second, burst); an empty bucket throttles.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<std::collections::BTreeMap<String, (f64, f64)>>,

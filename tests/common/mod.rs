@@ -117,8 +117,38 @@ impl Cluster {
 
     /// Runs `kafka-agent claim --json`; Ok(id, how) or Err(exit code, stderr).
     pub async fn claim(&self, world: &World, inst: &str) -> Result<(u32, String), (i32, String)> {
+        self.claim_with(world, inst, &[]).await
+    }
+
+    /// Like [`Cluster::claim`], with the agent's clock shifted (libfaketime's offsets: `+10m`,
+    /// `-3h`); monotonic time is left alone.
+    pub async fn claim_skewed(
+        &self,
+        world: &World,
+        inst: &str,
+        offset: &str,
+    ) -> Result<(u32, String), (i32, String)> {
+        self.claim_with(
+            world,
+            inst,
+            &[
+                ("LD_PRELOAD", FAKETIME_LIB),
+                ("FAKETIME", offset),
+                ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+            ],
+        )
+        .await
+    }
+
+    async fn claim_with(
+        &self,
+        world: &World,
+        inst: &str,
+        env: &[(&str, &str)],
+    ) -> Result<(u32, String), (i32, String)> {
         let out = self
             .command(world, inst, &["claim", "--json"])
+            .envs(env.iter().copied())
             .output()
             .await
             .unwrap();
@@ -270,6 +300,9 @@ pub async fn configure(world: &World, settings: kafka_testbed::aws::ScopeSetting
         .await
         .unwrap();
 }
+
+/// Debian's libfaketime (package faketime, installed by scripts/setup).
+pub const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -87,6 +87,9 @@ DEFAULTS = {
     # CreateLogStream meets ResourceAlreadyExists).
     "fault_after_rate": 0.0,
     "fault_after_actions": [],
+    # At most this many calls per scope get a fault after the mutation (None: no limit), so a
+    # test can have exactly the first CreateLogStream applied and its reply lost.
+    "fault_after_limit": None,
     # Token buckets per API, as EC2 and CloudWatch Logs meter calls per account and action
     # ("EC2 API throttling": a bucket per API refilled at a fixed rate; CreateLogStream 50
     # TPS, DescribeLogStreams 5 TPS in the CloudWatch Logs quotas): action -> [rate per second,
@@ -131,6 +134,19 @@ TIMING = (
 )
 # What the testbed's own calls never see: it must know the world as it is.
 ADMIN_OFF = {"visibility_delay": 0.0, "logs_empty_pages": 0, "stale_volume_reads": 0.0}
+
+
+FAULTS_AFTER = {}  # scope -> faults after the mutation served so far
+
+
+def fault_after_allowed(scope, conf):
+    limit = conf.get("fault_after_limit")
+    with LOCK:
+        used = FAULTS_AFTER.get(scope, 0)
+        if limit is not None and used >= limit:
+            return False
+        FAULTS_AFTER[scope] = used + 1
+        return True
 
 
 def settings(scope):
@@ -1002,6 +1018,8 @@ def control(req):
             if unknown:
                 return Response(f"unknown settings {sorted(unknown)}", status=400)
             SCOPES.setdefault(scope, {}).update(conf)
+            if "fault_after_limit" in conf:
+                FAULTS_AFTER.pop(scope, None)
             return Response(json.dumps(settings(scope)), content_type="application/json")
         if path == "signals":
             return Response(json.dumps(SIGNALS), content_type="application/json")
@@ -1059,8 +1077,10 @@ class Testbed:
         if fault is not None:
             return error_response(fault, protocol)(environ, start_response)
         call = {"region": region, "scope": scope, "params": params, "conf": conf}
-        if action in (conf.get("fault_after_actions") or []) and random.random() < conf.get(
-            "fault_after_rate", 0.0
+        if (
+            action in (conf.get("fault_after_actions") or [])
+            and random.random() < conf.get("fault_after_rate", 0.0)
+            and fault_after_allowed(scope, conf)
         ):
             # Applied, then the reply is lost: the caller sees a 5xx.
             captured = []
