@@ -300,3 +300,42 @@ async fn attaches_applied_and_then_failed_converge_without_a_second_attach() {
             .contains("already")
     );
 }
+
+#[tokio::test]
+async fn a_stopped_owner_keeps_its_id_and_the_claim_waits_for_it() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Zk, 1, false);
+    cluster.deadline = 10;
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            visibility_delay: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let owner = world.launch("a", &[]).await.unwrap();
+    assert_eq!(cluster.claim(&world, &owner).await.unwrap().0, 0);
+    world
+        .ec2
+        .stop_instances()
+        .instance_ids(&owner)
+        .send()
+        .await
+        .unwrap();
+    // A stopped instance may be started again and keeps its id: the claim waits (as attach
+    // waits for a stopped holder) until the deadline, then says why.
+    let other = world.launch("a", &[]).await.unwrap();
+    let started = std::time::Instant::now();
+    let (code, stderr) = cluster.claim(&world, &other).await.unwrap_err();
+    assert_eq!(code, 4, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{owner} is stopped")),
+        "names the stopped owner: {stderr}"
+    );
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(8),
+        "gave up at once ({:?}) instead of waiting within the deadline",
+        started.elapsed()
+    );
+}

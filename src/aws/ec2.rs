@@ -69,7 +69,17 @@ pub enum Liveness {
     Dead(String),
 }
 
+/// States of an instance that is not running but may run again (pending: about to;
+/// stopping/stopped: until someone starts it, or the ASG replaces it): it keeps its id and
+/// resources, and claim and attach both wait for it within the deadline.
+pub const RETURNING_STATES: [&str; 3] = ["pending", "stopping", "stopped"];
+
 impl Liveness {
+    /// Alive but not running: it may come back (see [`RETURNING_STATES`]).
+    pub fn may_come_back(&self) -> bool {
+        matches!(self, Liveness::Alive(s) if RETURNING_STATES.contains(&s.as_str()))
+    }
+
     /// The one definition of a dead instance: a [`DEAD_STATES`] state, or none at all (`None`:
     /// EC2 does not list the instance).
     pub fn of(state: Option<&str>) -> Liveness {
@@ -297,10 +307,16 @@ impl Ec2 {
             .await
     }
 
-    /// Those of `ids` that EC2 lists as dead (terminated or shutting-down), with their state.
-    /// Asked positively: the answer holds the few dead and stays small when many live.
-    pub async fn dead_among(&self, ids: &[String]) -> Result<BTreeMap<String, String>> {
-        self.instance_states(ids, &DEAD_STATES).await
+    /// Those of `ids` that EC2 lists as dead (terminated or shutting-down) or not running
+    /// ([`RETURNING_STATES`]), with their state. Asked positively: the answer holds the few
+    /// not running and stays small when many run.
+    pub async fn not_running_among(&self, ids: &[String]) -> Result<BTreeMap<String, String>> {
+        let states: Vec<&str> = DEAD_STATES
+            .iter()
+            .chain(&RETURNING_STATES)
+            .copied()
+            .collect();
+        self.instance_states(ids, &states).await
     }
 
     /// Every instance EC2 lists with all of `tags` (key, value), with its state.

@@ -132,6 +132,15 @@ pub fn plan_with(obs: &Observation, me: &str, pick: impl FnOnce(usize) -> usize)
             Some(s) => match &s.record {
                 Some(r) => match obs.owners.get(&r.owner) {
                     Some(Liveness::Dead(state)) => Some(format!("owner {} is {state}", r.owner)),
+                    // One rule with attach: an owner that may come back keeps its id; wait
+                    // for it (or for its replacement) within the deadline.
+                    Some(l @ Liveness::Alive(state)) if l.may_come_back() => {
+                        waiting.push(format!(
+                            "{id}: owner {} is {state} and may come back",
+                            r.owner
+                        ));
+                        continue;
+                    }
                     _ => continue,
                 },
                 None if s.age.is_some_and(|a| a >= ABANDONED_AFTER) => {
@@ -506,8 +515,8 @@ async fn liveness(
         return Ok(out);
     }
     let ids: Vec<String> = owners.keys().cloned().collect();
-    for (id, state) in clients.ec2.dead_among(&ids).await? {
-        out.insert(id, Liveness::Dead(state));
+    for (id, state) in clients.ec2.not_running_among(&ids).await? {
+        out.insert(id, Liveness::of(Some(&state)));
     }
     let now = now_secs();
     let old: Vec<String> = owners
@@ -876,6 +885,25 @@ mod tests {
         match plan(&o, "i-me") {
             Plan::TakeOver { id: 1, .. } => {}
             p => panic!("{p:?}"),
+        }
+    }
+
+    #[test]
+    fn owners_that_may_come_back_are_waited_for_running_ones_are_not() {
+        for (state, waits) in [
+            ("pending", true),
+            ("stopping", true),
+            ("stopped", true),
+            ("running", false),
+        ] {
+            let mut o = obs(1);
+            o.slots.insert(0, slot("i-a"));
+            o.owners.insert("i-a".into(), Liveness::Alive(state.into()));
+            match plan(&o, "i-me") {
+                Plan::Wait { why } if waits => assert!(why.contains(state), "{why}"),
+                Plan::Exhausted { .. } if !waits => {}
+                p => panic!("{state}: {p:?}"),
+            }
         }
     }
 
