@@ -339,3 +339,104 @@ async fn a_stopped_owner_keeps_its_id_and_the_claim_waits_for_it() {
         started.elapsed()
     );
 }
+
+/// A proxy to ZooKeeper that forwards everything but, the first time a client asks to create
+/// a node whose path contains `needle`, passes that request on, gives the server a moment to
+/// apply it and then drops the connection before the reply: the client sees ConnectionLoss
+/// for a create that was applied. Returns the proxy's port on this machine.
+async fn zk_dropping_first_create(zk_port: u16, needle: &'static str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let dropped = dropped.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", zk_port)).await
+                else {
+                    return;
+                };
+                let (mut sr, mut sw) = server.into_split();
+                let (mut cr, mut cw) = client.into_split();
+                // Server -> client, until muted (the connection stays open meanwhile, so the
+                // server applies the create before the session moves to a new connection).
+                let mute = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let muted = mute.clone();
+                let down = tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if !muted.load(std::sync::atomic::Ordering::SeqCst)
+                            && cw.write_all(&buf[..n]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+                // Client -> server, frame by frame: [len][body]; the first frame is the
+                // ConnectRequest, later ones [xid][opcode][path]... (ZooKeeper's jute wire
+                // format; create = 1, create2 = 15, createContainer = 19, createTTL = 21).
+                let mut first = true;
+                loop {
+                    let mut len = [0u8; 4];
+                    if cr.read_exact(&mut len).await.is_err() {
+                        break;
+                    }
+                    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                    if cr.read_exact(&mut body).await.is_err() {
+                        break;
+                    }
+                    let create = !first
+                        && body.len() > 12
+                        && matches!(
+                            i32::from_be_bytes(body[4..8].try_into().unwrap()),
+                            1 | 15 | 19 | 21
+                        )
+                        && String::from_utf8_lossy(&body[12..]).contains(needle);
+                    first = false;
+                    let drop_reply =
+                        create && !dropped.swap(true, std::sync::atomic::Ordering::SeqCst);
+                    if drop_reply {
+                        // No more replies reach the client from here on.
+                        mute.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    if sw.write_all(&len).await.is_err() || sw.write_all(&body).await.is_err() {
+                        break;
+                    }
+                    if drop_reply {
+                        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                        down.abort();
+                        return; // the connection closes; the reply never reached the client
+                    }
+                }
+                down.abort();
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_zookeeper_create_applied_before_the_connection_dropped_keeps_its_one_id() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Zk, 3, false);
+    cluster.zk().await; // the chroot, made directly
+    let proxy = zk_dropping_first_create(cluster.zk_ports[0], "/claims/").await;
+    world.expose(proxy).unwrap();
+    cluster.zk_ports = vec![proxy];
+    let inst = world.launch("a", &[]).await.unwrap();
+    // The create of id 0 is applied, its reply lost: the agent's next attempt finds its own
+    // node and keeps it; it holds no second id.
+    assert_eq!(
+        cluster.claim(&world, &inst).await.unwrap(),
+        (0, "kept".to_string())
+    );
+    let mut direct = cluster.clone();
+    direct.zk_ports = testbed::shared().zookeeper.client_ports();
+    let zk = direct.zk().await;
+    let claims = zk.list_children(&cluster.claim_path()).await.unwrap();
+    assert_eq!(claims, vec!["0".to_string()]);
+}
