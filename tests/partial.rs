@@ -424,7 +424,7 @@ async fn a_zookeeper_create_applied_before_the_connection_dropped_keeps_its_one_
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     let mut cluster = Cluster::new(&world, Backend::Zk, 3, false);
     cluster.zk().await; // the chroot, made directly
-    let proxy = zk_dropping_first_create(cluster.zk_ports[0], "/claims/").await;
+    let proxy = zk_dropping_first_create(cluster.zk_ports[0], "/claims/0").await;
     world.expose(proxy).unwrap();
     cluster.zk_ports = vec![proxy];
     let inst = world.launch("a", &[]).await.unwrap();
@@ -439,4 +439,54 @@ async fn a_zookeeper_create_applied_before_the_connection_dropped_keeps_its_one_
     let zk = direct.zk().await;
     let claims = zk.list_children(&cluster.claim_path()).await.unwrap();
     assert_eq!(claims, vec!["0".to_string()]);
+}
+
+#[tokio::test]
+async fn a_gone_owner_is_found_gone_by_the_ledgers_clock_not_its_record_time() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let cluster = Cluster::new(&world, Backend::Cwl, 1, false);
+    // Forty minutes ago an instance EC2 no longer lists claimed id 0; its clock ran an hour
+    // fast, so the time in its record lies in the future.
+    let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+    let _ = logs
+        .create_log_group()
+        .log_group_name(cluster.log_group())
+        .send()
+        .await;
+    logs.create_log_stream()
+        .log_group_name(cluster.log_group())
+        .log_stream_name(stream_name(0, 0))
+        .send()
+        .await
+        .unwrap();
+    let record = kafka_agent::claim::Record {
+        owner: "i-0000000000000dead".into(),
+        az: "us-east-1a".into(),
+        cluster: cluster.name.clone(),
+        epoch: 0,
+        time: (common::now_ms() / 1000 + 3600) as u64,
+    };
+    logs.put_log_events()
+        .log_group_name(cluster.log_group())
+        .log_stream_name(stream_name(0, 0))
+        .log_events(
+            aws_sdk_cloudwatchlogs::types::InputLogEvent::builder()
+                .timestamp(common::now_ms())
+                .message(serde_json::to_string(&record).unwrap())
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    testbed::shared()
+        .moto
+        .age_streams(&cluster.log_group(), 2400)
+        .await
+        .unwrap();
+    let inst = world.launch("a", &[]).await.unwrap();
+    assert_eq!(
+        cluster.claim(&world, &inst).await.unwrap(),
+        (0, "took_over".to_string())
+    );
 }

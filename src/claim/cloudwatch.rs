@@ -103,6 +103,12 @@ impl CwlLedger {
         let mut out = BTreeMap::new();
         for (id, (epoch, stream)) in top {
             let name = stream.name;
+            let since_created = match (stream.created_ms, service_now) {
+                (Some(c), Some(now)) => {
+                    Some(Duration::from_millis(now.saturating_sub(c).max(0) as u64))
+                }
+                _ => None,
+            };
             let cached = self.owners.lock().unwrap().get(&name).cloned();
             if cached.is_some() || !read(id) {
                 out.insert(
@@ -112,6 +118,7 @@ impl CwlLedger {
                         version: epoch as i64,
                         epoch,
                         age: None,
+                        held_for: since_created,
                     },
                 );
                 continue;
@@ -133,12 +140,8 @@ impl CwlLedger {
                     record,
                     version: epoch as i64,
                     epoch,
-                    age: match (stream.created_ms, service_now) {
-                        (Some(c), Some(now)) if empty => {
-                            Some(Duration::from_millis(now.saturating_sub(c).max(0) as u64))
-                        }
-                        _ => None,
-                    },
+                    age: since_created.filter(|_| empty),
+                    held_for: since_created,
                 },
             );
         }

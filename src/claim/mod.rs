@@ -45,8 +45,12 @@ pub struct Slot {
     /// The fencing token a takeover must present (ZooKeeper: znode version; CWL: epoch).
     pub version: i64,
     pub epoch: u64,
-    /// How long the slot has existed, where the ledger knows.
+    /// How long the slot has existed, where the ledger knows and the slot is proven empty
+    /// (the abandonment window runs on it).
     pub age: Option<Duration>,
+    /// How long ago the current claim was made, on the ledger's own clock (CloudWatch Logs:
+    /// the stream's creation time; ZooKeeper: the znode's mtime), never the instance's.
+    pub held_for: Option<Duration>,
 }
 
 /// Everything the plan depends on.
@@ -384,10 +388,10 @@ async fn observe(
         .copied()
         .filter(|id| !is_initial(*id))
         .collect();
-    let owners: BTreeMap<String, u64> = slots
+    let owners: BTreeMap<String, Option<Duration>> = slots
         .iter()
         .filter(|(id, _)| !contended.contains(id))
-        .filter_map(|(_, s)| s.record.as_ref().map(|r| (r.owner.clone(), r.time)))
+        .filter_map(|(_, s)| s.record.as_ref().map(|r| (r.owner.clone(), s.held_for)))
         .filter(|(o, _)| *o != me.instance_id)
         .collect();
     if memory.initial.is_none() {
@@ -396,7 +400,7 @@ async fn observe(
     }
     let known = &mut memory.known;
     // Ask EC2 only about owners not seen yet in this run.
-    let unknown: BTreeMap<String, u64> = owners
+    let unknown: BTreeMap<String, Option<Duration>> = owners
         .iter()
         .filter(|(o, _)| !known.contains_key(*o))
         .map(|(o, t)| (o.clone(), *t))
@@ -497,15 +501,15 @@ async fn eligibility(
 /// owner EC2 does not list as terminated is checked for an owner that is gone altogether.
 pub const GONE_CHECK_AFTER: Duration = Duration::from_secs(30 * 60);
 
-/// EC2's view of each owner (with its claim's time): dead (terminated, shutting-down, gone)
-/// or alive.
+/// EC2's view of each owner (with how long ago its claim was made, on the ledger's clock):
+/// dead (terminated, shutting-down, gone) or alive.
 ///
 /// Death is asked positively (owners in a terminated or shutting-down state), which answers
 /// with the few dead and stays cheap when many owners live. Only owners of claims older than
 /// [`GONE_CHECK_AFTER`] are also checked for existing at all.
 async fn liveness(
     clients: &Clients,
-    owners: &BTreeMap<String, u64>,
+    owners: &BTreeMap<String, Option<Duration>>,
 ) -> Result<BTreeMap<String, Liveness>> {
     let mut out: BTreeMap<String, Liveness> = owners
         .keys()
@@ -518,12 +522,11 @@ async fn liveness(
     for (id, state) in clients.ec2.not_running_among(&ids).await? {
         out.insert(id, Liveness::of(Some(&state)));
     }
-    let now = now_secs();
     let old: Vec<String> = owners
         .iter()
-        .filter(|(o, time)| {
+        .filter(|(o, held_for)| {
             matches!(out.get(*o), Some(Liveness::Alive(_)))
-                && now.saturating_sub(**time) >= GONE_CHECK_AFTER.as_secs()
+                && held_for.is_some_and(|h| h >= GONE_CHECK_AFTER)
         })
         .map(|(o, _)| o.clone())
         .collect();
@@ -830,6 +833,7 @@ mod tests {
             version: 0,
             epoch: 0,
             age: None,
+            held_for: None,
         }
     }
 
@@ -939,6 +943,7 @@ mod tests {
                 version: 0,
                 epoch: 3,
                 age: Some(Duration::from_secs(5)),
+                held_for: None,
             },
         );
         assert!(matches!(plan(&o, "i-me"), Plan::Wait { .. }));
@@ -956,6 +961,7 @@ mod tests {
                 version: 0,
                 epoch: 0,
                 age: Some(ABANDONED_AFTER * 10),
+                held_for: None,
             },
         );
         o.tagged.insert(0, "i-live".into());

@@ -18,6 +18,28 @@ pub struct ZkLedger {
     path: String,
     /// Claims are created with [`PROTECTED`] (a digest is configured).
     protected: bool,
+    /// The ensemble's clock at open (ms since the Unix epoch) and when that was read here.
+    server_time: Option<(i64, std::time::Instant)>,
+}
+
+/// The ensemble's clock: the ctime of an ephemeral node made (and removed) for the purpose.
+/// Claim ages are measured on it against znodes' mtimes, never on this machine's clock.
+async fn server_time(client: &Client, path: &str) -> Option<(i64, std::time::Instant)> {
+    let options = CreateMode::EphemeralSequential.with_acls(Acls::anyone_all());
+    match client
+        .create(&format!("{path}/clock-"), b"", &options)
+        .await
+    {
+        Ok((stat, seq)) => {
+            let at = std::time::Instant::now();
+            let _ = client.delete(&format!("{path}/clock-{seq}"), None).await;
+            Some((stat.ctime, at))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read ZooKeeper's clock: owners are not checked for being gone");
+            None
+        }
+    }
 }
 
 /// Connection trouble is worth retrying; answers about nodes are not.
@@ -125,11 +147,20 @@ impl ZkLedger {
             }
             r => r.map_err(|e| zk_error(e, &format!("creating {path}")))?,
         }
+        let server_time = server_time(&client, path).await;
         Ok(ZkLedger {
             client,
             path: path.clone(),
             protected,
+            server_time,
         })
+    }
+
+    /// The ensemble's time now (its leader's clock), as measured at open and carried forward
+    /// on the monotonic clock.
+    fn server_now_ms(&self) -> Option<i64> {
+        self.server_time
+            .map(|(ms, at)| ms + at.elapsed().as_millis() as i64)
     }
 
     /// Every claimed id; the record is read where `read(id)` (cheap, but a herd of agents
@@ -155,6 +186,7 @@ impl ZkLedger {
                     version: -1,
                     epoch: 0,
                     age: None,
+                    held_for: None,
                 };
                 (id, slot)
             })
@@ -173,6 +205,9 @@ impl ZkLedger {
                     record,
                     version: i64::from(stat.version),
                     age: None,
+                    held_for: self.server_now_ms().map(|now| {
+                        Duration::from_millis(now.saturating_sub(stat.mtime).max(0) as u64)
+                    }),
                 },
             );
         }
