@@ -49,6 +49,8 @@ pub const ROLE: &str = "kafka-agent-instance";
 pub struct Imds {
     pub metadata: RwLock<Metadata>,
     tokens: Mutex<HashMap<String, Instant>>,
+    /// Until then every request is answered 503 (`World::imds_unavailable`).
+    pub unavailable_until: Mutex<Option<Instant>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -80,6 +82,14 @@ impl Imds {
     }
 
     fn handle<B>(&self, req: &Request<B>) -> Reply {
+        if self
+            .unavailable_until
+            .lock()
+            .unwrap()
+            .is_some_and(|t| Instant::now() < t)
+        {
+            return reply(StatusCode::SERVICE_UNAVAILABLE, "");
+        }
         let path = req.uri().path();
         if path == "/latest/api/token" {
             if req.method() != Method::PUT {

@@ -16,6 +16,7 @@
 //! service set, named like the namespaces it owns, with the owner's pid to sweep after a crash.
 
 pub mod aws;
+pub mod blackhole;
 pub mod cleanup;
 pub mod host;
 pub mod http;

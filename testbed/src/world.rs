@@ -390,3 +390,33 @@ fn tag_spec(kind: ResourceType, tags: &[(&str, &str)]) -> TagSpecification {
     }
     spec.build()
 }
+
+/// Fault switches for endpoints that stop answering.
+impl World {
+    /// A port that accepts connections and never answers (see [`super::blackhole`]),
+    /// reachable from every host at its subnet gateway: point an agent's endpoint at
+    /// [`World::address_for`] it.
+    pub fn black_hole(&self) -> Result<u16> {
+        let (port, hole) = super::blackhole::listen(&self.vpc_ns)?;
+        self.rt.as_ref().unwrap().spawn(hole);
+        Ok(port)
+    }
+
+    /// `<gateway>:<port>`: a port of the router namespace (an exposed service, a black hole)
+    /// as the instance's host reaches it.
+    pub fn address_for(&self, instance_id: &str, port: u16) -> Result<String> {
+        Ok(format!("{}:{port}", self.gateway_of(instance_id)?))
+    }
+
+    /// From now on the instance's IMDS answers every request with 503 for `window`, as an
+    /// overloaded or restarting metadata service may.
+    pub fn imds_unavailable(&self, instance_id: &str, window: Duration) -> Result<()> {
+        let p = self.phys.lock().unwrap();
+        let host = p
+            .hosts
+            .get(instance_id)
+            .with_context(|| format!("{instance_id} has no host"))?;
+        *host.imds.unavailable_until.lock().unwrap() = Some(Instant::now() + window);
+        Ok(())
+    }
+}
