@@ -6,7 +6,8 @@ pub const OK: i32 = 0;
 pub const FAILURE: i32 = 1;
 /// The command line is wrong (clap's own code).
 pub const USAGE: i32 = 2;
-/// The configuration is missing, malformed or invalid.
+/// The configuration is missing, malformed or invalid (`invalid_config`), or sets a region
+/// other than the instance's own (`region_mismatch`).
 pub const CONFIG: i32 = 3;
 
 /// No eligible id is free for this instance (`no_eligible_id`).
@@ -25,11 +26,22 @@ pub const RESOURCE_NOT_FOUND: i32 = 7;
 /// `unreadable_device`, `unrecognised_data`): nothing was formatted, mounted or written.
 pub const UNSAFE_DATA: i32 = 8;
 
+/// A step ran out of the boot deadline (`timeout`): an endpoint never answered, or what it
+/// waited for never came.
+pub const TIMEOUT: i32 = 9;
+
 /// Maps an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
     use crate::claim::ClaimError;
+    // A step that gave up at the deadline carries TimedOut as its outermost context.
+    if err.downcast_ref::<crate::deadline::TimedOut>().is_some() {
+        return TIMEOUT;
+    }
     for e in err.chain() {
-        if e.is::<crate::config::ConfigError>() {
+        if e.is::<crate::deadline::TimedOut>() {
+            return TIMEOUT;
+        }
+        if e.is::<crate::config::ConfigError>() || e.is::<crate::aws::region::RegionMismatch>() {
             return CONFIG;
         }
         match e.downcast_ref::<ClaimError>() {
@@ -52,9 +64,18 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
 
 /// The stable snake_case kind of a failure, for `status --json` and FAILURE reasons.
 pub fn kind_for(err: &anyhow::Error) -> &'static str {
+    if err.downcast_ref::<crate::deadline::TimedOut>().is_some() {
+        return "timeout";
+    }
     for e in err.chain() {
+        if e.is::<crate::deadline::TimedOut>() {
+            return "timeout";
+        }
         if e.is::<crate::config::ConfigError>() {
             return "invalid_config";
+        }
+        if e.is::<crate::aws::region::RegionMismatch>() {
+            return "region_mismatch";
         }
         if let Some(c) = e.downcast_ref::<crate::claim::ClaimError>() {
             return c.kind();

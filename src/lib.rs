@@ -13,7 +13,7 @@
 //! Step 1 is [`claim`]. Each step observes the world, plans the difference and applies only
 //! that; the outside systems are asked through their seams in [`aws`] (EC2, CloudWatch Logs,
 //! IMDS), [`claim::zookeeper`], [`network`] (netlink) and [`storage`] (block devices). Steps
-//! 5 to 7 and the one-shot `boot` arrive issue by issue. The simulated world the tests run in
+//! 5 to 7 arrive issue by issue; `kafka-agent boot` runs steps 1 to 4 under one [`deadline`]. The simulated world the tests run in
 //! is the separate crate `kafka-testbed` (testbed/), never part of this one.
 
 pub mod attach;
@@ -22,7 +22,9 @@ pub mod backoff;
 pub mod claim;
 pub mod cli;
 pub mod config;
+pub mod deadline;
 pub mod exit;
 pub mod journal;
 pub mod network;
+pub mod render;
 pub mod storage;
