@@ -1,12 +1,22 @@
 //! The IMDS seam: who and where this instance is, and what IMDSv2 says about its ENIs.
 //!
 //! Raw metadata paths live here only; aws-config's IMDS client honours
-//! `AWS_EC2_METADATA_SERVICE_ENDPOINT`.
+//! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (and the shared config's
+//! `ec2_metadata_service_endpoint`).
+//!
+//! Every read has timeouts, and transient answers are retried with backoff until the boot
+//! deadline: no answer in time, a dropped connection, 5xx (IMDS documents 503 as "retry the
+//! request") and throttling (IMDS "throttles queries ... on a per-instance basis": "use
+//! exponential backoff when you retry"), per the EC2 User Guide, "Use the Instance Metadata
+//! Service to access instance metadata" (error codes and "Query throttling"). 400 and 403
+//! (IMDS disabled) are permanent; a 404 is permanent for the identity, and waited out for
+//! a just-attached ENI's keys, which IMDS lists late.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use aws_config::imds::client::error::{ImdsError, TokenError};
 
 /// This instance's identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,29 +38,50 @@ impl Default for Imds {
     }
 }
 
+/// IMDS is a link-local service answering in milliseconds: a second to connect and a second
+/// to the first byte are the SDK's own defaults; an attempt (token and read, with the SDK's
+/// retries of 5xx) gets two, an operation five, so that a wedged endpoint is noticed and
+/// retried by the caller's backoff well within any boot deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+const OPERATION_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Imds {
     pub fn new() -> Imds {
         Imds {
-            client: aws_config::imds::Client::builder().build(),
+            client: aws_config::imds::Client::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
+                .build(),
         }
     }
 
+    /// One read; a transient failure is wrapped in [`super::Transient`].
     async fn get(&self, path: &str) -> Result<String> {
-        self.client
-            .get(path.to_string())
-            .await
-            .map(|v| v.as_ref().trim().to_string())
-            .with_context(|| format!("reading {path} from IMDS"))
+        match self.client.get(path.to_string()).await {
+            Ok(v) => Ok(v.as_ref().trim().to_string()),
+            Err(e) => {
+                let transient = is_transient(&e);
+                let e = anyhow::Error::new(e).context(format!("reading {path} from IMDS"));
+                Err(if transient {
+                    super::Transient(e).into()
+                } else {
+                    e
+                })
+            }
+        }
     }
 
-    /// This instance's identity.
-    pub async fn identity(&self) -> Result<Identity> {
+    /// This instance's identity, retrying transient answers until `deadline`.
+    pub async fn identity(&self, deadline: Instant) -> Result<Identity> {
+        let get = |path: &'static str| super::retry_transient(deadline, move || self.get(path));
         Ok(Identity {
-            instance_id: self.get("/latest/meta-data/instance-id").await?,
-            az: self
-                .get("/latest/meta-data/placement/availability-zone")
-                .await?,
-            region: self.get("/latest/meta-data/placement/region").await?,
+            instance_id: get("/latest/meta-data/instance-id").await?,
+            az: get("/latest/meta-data/placement/availability-zone").await?,
+            region: get("/latest/meta-data/placement/region").await?,
         })
     }
 
@@ -83,6 +114,7 @@ impl Imds {
                 Err(e) => format!("{e:#}"),
             };
             tracing::debug!(eni, reason = %why, "waiting for IMDS");
+            crate::deadline::waiting_for(format!("IMDS: {why}"));
             if !backoff.wait().await {
                 bail!("{why} by the boot deadline");
             }
@@ -152,9 +184,33 @@ fn list(ips: &[Ipv4Addr]) -> String {
 }
 
 impl Identity {
-    /// Reads the identity from IMDS.
-    pub async fn from_imds() -> Result<Identity> {
-        Imds::new().identity().await
+    /// Reads the identity from IMDS, retrying transient answers until `deadline`.
+    pub async fn from_imds(deadline: Instant) -> Result<Identity> {
+        Imds::new().identity(deadline).await
+    }
+}
+
+/// Whether an IMDS failure may pass: no answer in time, a broken connection, 5xx, 429 or a
+/// rejected token (401, expired). 400, 403 (IMDS disabled) and 404 are answers.
+fn is_transient(e: &ImdsError) -> bool {
+    use aws_sdk_ec2::error::SdkError;
+    let status_passes = |s: u16| s >= 500 || s == 429 || s == 401;
+    match e {
+        ImdsError::ErrorResponse(r) => status_passes(r.response().status().as_u16()),
+        ImdsError::IoError(_) => true,
+        ImdsError::FailedToLoadToken(_) => {
+            // The token PUT: its SDK error tells a refusal (400, 403) from a failure to answer
+            // (a 503 arrives as "no TTL header": the status is what counts).
+            match std::error::Error::source(e)
+                .and_then(|s| s.downcast_ref::<SdkError<TokenError>>())
+            {
+                Some(SdkError::ServiceError(s)) => status_passes(s.raw().status().as_u16()),
+                Some(SdkError::ConstructionFailure(_)) => false,
+                _ => true,
+            }
+        }
+        // Dispatch failures (refused, reset, timed out) arrive here.
+        _ => true,
     }
 }
 

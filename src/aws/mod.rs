@@ -6,15 +6,18 @@
 //! * [`logs`]: the CloudWatch Logs calls behind the claim ledger;
 //! * [`imds`]: the instance's identity and its ENIs' facts (IMDSv2).
 //!
-//! On an instance the region and credentials come from IMDS; the standard `AWS_ENDPOINT_URL`
-//! and `AWS_EC2_METADATA_SERVICE_ENDPOINT` variables redirect the endpoints, so nothing
-//! test-specific is compiled into the agent.
+//! * [`region`]: the instance's own region, client timeouts, where each endpoint comes from.
+//!
+//! The region is the instance's own (IMDS) and credentials come from the default chain (on an
+//! instance: IMDS); the standard `AWS_ENDPOINT_URL` and `AWS_EC2_METADATA_SERVICE_ENDPOINT`
+//! variables redirect the endpoints, so nothing test-specific is compiled into the agent.
 
 pub mod ec2;
 pub mod imds;
 pub mod logs;
+pub mod region;
 
-use aws_config::BehaviorVersion;
+use std::time::Instant;
 
 /// One client per AWS service the agent speaks to, sharing one loaded configuration.
 #[derive(Clone, Debug)]
@@ -26,9 +29,17 @@ pub struct Clients {
 }
 
 impl Clients {
-    /// Loads the default chain (environment, profile, IMDS) and builds the clients.
-    pub async fn from_env() -> Self {
-        Self::from_config(&aws_config::defaults(BehaviorVersion::latest()).load().await)
+    /// What every AWS-using command does first: reads this instance's identity from IMDS
+    /// (transient answers retried until `deadline`), checks that any region set elsewhere is
+    /// the instance's own, and builds clients with timeouts for it, logging the region and
+    /// each endpoint with where it came from.
+    pub async fn connect(deadline: Instant) -> anyhow::Result<(Clients, imds::Identity)> {
+        region::log_imds_endpoint();
+        let me = imds::Identity::from_imds(deadline).await?;
+        region::check(&me.region).await?;
+        let conf = region::sdk_config(&me.region).await;
+        region::log_endpoints(&conf, &me.region);
+        Ok((Self::from_config(&conf), me))
     }
 
     pub fn from_config(conf: &aws_config::SdkConfig) -> Self {
