@@ -454,15 +454,15 @@ pub fn claimed(settings: &Settings) -> Result<Claim> {
     crate::journal::read(&settings.paths.state_dir, "claim")
 }
 
-/// Runs the attach step for the claimed id.
+/// Runs the attach step for the claimed id; every wait ends by `deadline`.
 pub async fn run(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
     dry_run: bool,
+    deadline: Instant,
 ) -> Result<Attachment> {
     let started = Instant::now();
-    let deadline = started + settings.boot.deadline;
     let claim = claimed(settings)?;
     if claim.instance_id != me.instance_id {
         bail!(

@@ -1,11 +1,13 @@
 //! The command line: what each subcommand does, and the shared flags.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use crate::config;
+use crate::aws::{self, Clients};
+use crate::deadline::Deadline;
+use crate::{attach, claim, config, network, storage};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +28,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the boot steps in order (claim, attach, mount, route) under one boot deadline,
+    /// each step getting what the earlier ones left; prints what each did.
+    Boot,
     /// Claim this instance's broker id / myid (step 1); prints the claim.
     Claim {
         /// Say what would be claimed and why, writing nothing.
@@ -54,19 +59,61 @@ pub enum Command {
     },
 }
 
-/// Runs the command; output goes to stdout, logs to stderr.
+/// Runs the command; output goes to stdout, logs to stderr. Each command but `config` has
+/// one boot deadline (`boot.deadline_seconds` from its start) that all its steps share.
 pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Boot => {
+            let (settings, deadline) = load(&cli.config)?;
+            let (clients, me) = deadline
+                .run("start", Clients::connect(deadline.at()))
+                .await?;
+            let claim = deadline
+                .run("claim", claim::run(&settings, &clients, &me, deadline.at()))
+                .await?;
+            let attach = deadline
+                .run(
+                    "attach",
+                    attach::run(&settings, &clients, &me, false, deadline.at()),
+                )
+                .await?;
+            let mount = if settings.resources.volume {
+                let step = storage::mount::run_step(&settings, &clients, deadline.at());
+                Some(deadline.run("mount", step).await?)
+            } else {
+                None
+            };
+            let route = if settings.resources.eni {
+                aws::region::log_imds_endpoint();
+                let step = network::run_step(&settings, deadline.at());
+                Some(deadline.run("route", step).await?)
+            } else {
+                None
+            };
+            let done = serde_json::json!({
+                "claim": claim, "attach": attach, "mount": mount, "route": route,
+            });
+            println!("{done}");
+            Ok(())
+        }
         Command::Claim { dry_run, json } => {
-            let settings = config::load(&cli.config)?;
-            let clients = crate::aws::Clients::from_env().await;
-            let me = crate::aws::imds::Identity::from_imds().await?;
+            let (settings, deadline) = load(&cli.config)?;
+            let (clients, me) = deadline
+                .run("start", Clients::connect(deadline.at()))
+                .await?;
             if dry_run {
-                let plan = crate::claim::dry_run(&settings, &clients, &me).await?;
+                let plan = deadline
+                    .run(
+                        "claim",
+                        claim::dry_run(&settings, &clients, &me, deadline.at()),
+                    )
+                    .await?;
                 println!("{plan}");
                 return Ok(());
             }
-            let claim = crate::claim::run(&settings, &clients, &me).await?;
+            let claim = deadline
+                .run("claim", claim::run(&settings, &clients, &me, deadline.at()))
+                .await?;
             if json {
                 println!("{}", serde_json::to_string(&claim)?);
             } else {
@@ -78,23 +125,31 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Attach { dry_run } => {
-            let settings = config::load(&cli.config)?;
-            let clients = crate::aws::Clients::from_env().await;
-            let me = crate::aws::imds::Identity::from_imds().await?;
-            let done = crate::attach::run(&settings, &clients, &me, dry_run).await?;
+            let (settings, deadline) = load(&cli.config)?;
+            let (clients, me) = deadline
+                .run("start", Clients::connect(deadline.at()))
+                .await?;
+            let step = attach::run(&settings, &clients, &me, dry_run, deadline.at());
+            let done = deadline.run("attach", step).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }
         Command::Mount => {
-            let settings = config::load(&cli.config)?;
-            let clients = crate::aws::Clients::from_env().await;
-            let done = crate::storage::mount::run_step(&settings, &clients).await?;
+            let (settings, deadline) = load(&cli.config)?;
+            let (clients, _) = deadline
+                .run("start", Clients::connect(deadline.at()))
+                .await?;
+            let step = storage::mount::run_step(&settings, &clients, deadline.at());
+            let done = deadline.run("mount", step).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }
         Command::Route => {
-            let settings = config::load(&cli.config)?;
-            let done = crate::network::run_step(&settings).await?;
+            let (settings, deadline) = load(&cli.config)?;
+            aws::region::log_imds_endpoint();
+            let done = deadline
+                .run("route", network::run_step(&settings, deadline.at()))
+                .await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }
@@ -109,4 +164,20 @@ pub async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// Loads the settings and starts the command's boot deadline; logs where the coordination
+/// service's address came from.
+fn load(path: &Path) -> Result<(config::Settings, Deadline)> {
+    let settings = config::load(path)?;
+    let deadline = Deadline::after(settings.boot.deadline);
+    if let Some(zk) = &settings.zookeeper {
+        let files = config::files(path)?
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::info!(service = %"zookeeper", connect = %zk.connect, source = %format!("[zookeeper] connect in {files}"), "endpoint");
+    }
+    Ok((settings, deadline))
 }

@@ -205,9 +205,8 @@ pub async fn apply(facts: &EniFacts, deadline: Instant) -> Result<Routed> {
     })
 }
 
-/// Runs the network step for the attached ENI.
-pub async fn run_step(settings: &Settings) -> Result<Routed> {
-    let deadline = Instant::now() + settings.boot.deadline;
+/// Runs the network step for the attached ENI; every wait ends by `deadline`.
+pub async fn run_step(settings: &Settings, deadline: Instant) -> Result<Routed> {
     let attached: serde_json::Value = crate::journal::read(&settings.paths.state_dir, "attach")?;
     let eni = attached["eni"]["id"]
         .as_str()

@@ -548,8 +548,12 @@ fn now_secs() -> u64 {
 }
 
 /// Observes and plans without writing anything.
-pub async fn dry_run(settings: &Settings, clients: &Clients, me: &Identity) -> Result<Plan> {
-    let deadline = Instant::now() + settings.boot.deadline;
+pub async fn dry_run(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    deadline: Instant,
+) -> Result<Plan> {
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     loop {
         let attempt = async {
@@ -578,8 +582,13 @@ fn unreachable(settings: &Settings, last: anyhow::Error) -> anyhow::Error {
 }
 
 /// Runs the claim step to completion (or the boot deadline).
-pub async fn run(settings: &Settings, clients: &Clients, me: &Identity) -> Result<Claim> {
-    Claimer::new(settings, clients, me).run().await
+pub async fn run(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    deadline: Instant,
+) -> Result<Claim> {
+    Claimer::new(settings, clients, me, deadline).run().await
 }
 
 /// What one attempt came to.
@@ -615,9 +624,13 @@ struct Claimer<'a> {
 }
 
 impl<'a> Claimer<'a> {
-    fn new(settings: &'a Settings, clients: &'a Clients, me: &'a Identity) -> Self {
+    fn new(
+        settings: &'a Settings,
+        clients: &'a Clients,
+        me: &'a Identity,
+        deadline: Instant,
+    ) -> Self {
         let started = Instant::now();
-        let deadline = started + settings.boot.deadline;
         Claimer {
             settings,
             clients,

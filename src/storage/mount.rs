@@ -239,8 +239,12 @@ pub fn fstab_with(current: &str, line: &str, mount_point: &str) -> String {
     text
 }
 
-/// Runs the storage step for the attached volume.
-pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted> {
+/// Runs the storage step for the attached volume; every wait ends by `deadline`.
+pub async fn run_step(
+    settings: &Settings,
+    clients: &Clients,
+    deadline: Instant,
+) -> Result<Mounted> {
     let st = &settings.storage;
     let attached: serde_json::Value = crate::journal::read(&settings.paths.state_dir, "attach")?;
     let volume = attached["volume"]["id"]
@@ -253,7 +257,6 @@ pub async fn run_step(settings: &Settings, clients: &Clients) -> Result<Mounted>
 
     // The device: wait for it to appear.
     let root = mounts().into_iter().find(|m| m.point == "/").map(|m| m.dev);
-    let deadline = Instant::now() + settings.boot.deadline;
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1), deadline);
     let dev = loop {
