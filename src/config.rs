@@ -60,6 +60,8 @@ pub struct Settings {
     pub storage: Storage,
     pub tags: Tags,
     pub zookeeper: Option<Zookeeper>,
+    /// How the broker's server.properties is rendered (`[kafka]`, role kafka only).
+    pub kafka: Option<Kafka>,
 }
 
 /// Where ids are claimed.
@@ -185,6 +187,125 @@ pub struct Zookeeper {
     pub session_timeout: Duration,
 }
 
+/// `[kafka]`: what the agent renders into Kafka's server.properties.
+#[derive(Debug, Clone, Serialize)]
+pub struct Kafka {
+    pub mode: KafkaMode,
+    /// The operator's server.properties base; `None` = the agent's built-in defaults.
+    pub template: Option<PathBuf>,
+    /// Where the rendered file goes.
+    pub output: PathBuf,
+    /// The group the rendered file (mode 0640) belongs to; `None` = its directory's group.
+    pub group: Option<String>,
+    /// The advertised host's pattern (`{id}` stands for the id); `None` = the ENI's address.
+    pub advertised_host: Option<String>,
+    /// Listeners by name (upper case), in name order.
+    pub listeners: BTreeMap<String, Listener>,
+    /// The listener brokers talk to each other on; `None` only on a controller-only node.
+    pub inter_broker_listener: Option<String>,
+    /// KRaft mode only.
+    pub kraft: Option<Kraft>,
+}
+
+/// How the broker finds its metadata: ZooKeeper (Kafka 3.x) or a KRaft quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaMode {
+    Zookeeper,
+    Kraft,
+}
+
+/// A listener's `listener.security.protocol.map` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum SecurityProtocol {
+    Plaintext,
+    Ssl,
+    SaslPlaintext,
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "PLAINTEXT",
+            SecurityProtocol::Ssl => "SSL",
+            SecurityProtocol::SaslPlaintext => "SASL_PLAINTEXT",
+            SecurityProtocol::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    pub fn is_sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    pub fn is_ssl(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// One listener. Secrets are referenced by file path only; the agent never reads them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listener {
+    pub port: u16,
+    pub protocol: SecurityProtocol,
+    /// SASL_*: the mechanism enabled on the listener (PLAIN, SCRAM-SHA-512, ...).
+    pub sasl_mechanism: Option<String>,
+    /// SASL_*: a file holding the listener's `sasl.jaas.config` value.
+    pub jaas_file: Option<PathBuf>,
+    /// SSL, SASL_SSL: the keystore and truststore, and files holding their passwords.
+    pub keystore: Option<PathBuf>,
+    pub keystore_password_file: Option<PathBuf>,
+    pub key_password_file: Option<PathBuf>,
+    pub truststore: Option<PathBuf>,
+    pub truststore_password_file: Option<PathBuf>,
+}
+
+impl Listener {
+    /// The secret files this listener references, with the Kafka config key each feeds.
+    pub fn secret_files(&self) -> Vec<(&'static str, &Path)> {
+        [
+            ("ssl.keystore.password", &self.keystore_password_file),
+            ("ssl.key.password", &self.key_password_file),
+            ("ssl.truststore.password", &self.truststore_password_file),
+            ("sasl.jaas.config", &self.jaas_file),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.as_deref().map(|p| (k, p)))
+        .collect()
+    }
+}
+
+/// A KRaft node's part in the quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProcessRole {
+    Broker,
+    Controller,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Kraft {
+    /// broker, controller or both, in that order.
+    pub process_roles: Vec<ProcessRole>,
+    /// The listener controllers serve on (`controller.listener.names`).
+    pub controller_listener: String,
+    pub quorum: Quorum,
+}
+
+/// How a KRaft node finds the controllers.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Quorum {
+    /// `controller.quorum.voters`: `id@host:port` each (a static quorum).
+    Voters(Vec<String>),
+    /// `controller.quorum.bootstrap.servers`: `host:port` each (Kafka 3.9+, dynamic quorum).
+    BootstrapServers(Vec<String>),
+}
+
 fn as_seconds<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_u64(d.as_secs())
 }
@@ -214,6 +335,37 @@ struct Raw {
     #[serde(default)]
     storage: RawStorage,
     zookeeper: Option<RawZookeeper>,
+    kafka: Option<RawKafka>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKafka {
+    mode: KafkaMode,
+    template: Option<PathBuf>,
+    output: Option<PathBuf>,
+    group: Option<String>,
+    advertised_host: Option<String>,
+    inter_broker_listener: Option<String>,
+    listeners: Option<BTreeMap<String, RawListener>>,
+    process_roles: Option<Vec<ProcessRole>>,
+    controller_listener: Option<String>,
+    quorum_voters: Option<Vec<String>>,
+    quorum_bootstrap_servers: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    port: i64,
+    protocol: SecurityProtocol,
+    sasl_mechanism: Option<String>,
+    jaas_file: Option<PathBuf>,
+    keystore: Option<PathBuf>,
+    keystore_password_file: Option<PathBuf>,
+    key_password_file: Option<PathBuf>,
+    truststore: Option<PathBuf>,
+    truststore_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -648,7 +800,17 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             ));
         }
     }
+    let kafka = match raw.kafka {
+        None => None,
+        Some(k) => Some(validate_kafka(
+            k,
+            raw.cluster.role,
+            zookeeper.is_some(),
+            err,
+        )?),
+    };
     Ok(Settings {
+        kafka,
         storage,
         claim: ClaimSettings {
             backend,
@@ -674,6 +836,373 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
         },
         paths: Paths { state_dir },
         zookeeper,
+    })
+}
+
+fn validate_kafka(
+    raw: RawKafka,
+    role: Role,
+    have_zookeeper: bool,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Kafka, ConfigError> {
+    if role != Role::Kafka {
+        return Err(err(
+            "kafka",
+            "is for role \"kafka\" only; this node's role is zookeeper".to_string(),
+        ));
+    }
+    if raw.mode == KafkaMode::Zookeeper && !have_zookeeper {
+        return Err(err(
+            "kafka.mode",
+            "\"zookeeper\" needs a [zookeeper] table with `connect` (Kafka's zookeeper.connect)"
+                .to_string(),
+        ));
+    }
+    let kraft_mode = raw.mode == KafkaMode::Kraft;
+    if !kraft_mode {
+        for (key, set) in [
+            ("kafka.process_roles", raw.process_roles.is_some()),
+            (
+                "kafka.controller_listener",
+                raw.controller_listener.is_some(),
+            ),
+            ("kafka.quorum_voters", raw.quorum_voters.is_some()),
+            (
+                "kafka.quorum_bootstrap_servers",
+                raw.quorum_bootstrap_servers.is_some(),
+            ),
+        ] {
+            if set {
+                return Err(err(key, "is for mode \"kraft\" only".to_string()));
+            }
+        }
+    }
+    let absolute = |key: &str, p: &Path| -> Result<(), ConfigError> {
+        if p.is_absolute() {
+            Ok(())
+        } else {
+            Err(err(
+                key,
+                format!("{} is relative; expected an absolute path", p.display()),
+            ))
+        }
+    };
+    if let Some(t) = &raw.template {
+        absolute("kafka.template", t)?;
+    }
+    let output = raw
+        .output
+        .unwrap_or_else(|| PathBuf::from("/etc/kafka/server.properties"));
+    absolute("kafka.output", &output)?;
+    if output.file_name().is_none() {
+        return Err(err(
+            "kafka.output",
+            format!("{} names no file", output.display()),
+        ));
+    }
+    if let Some(g) = &raw.group
+        && (g.is_empty() || g.contains([':', '\n']))
+    {
+        return Err(err("kafka.group", format!("{g:?} is not a group name")));
+    }
+    if let Some(pattern) = &raw.advertised_host {
+        let probe = pattern.replace("{id}", "0");
+        if !pattern.contains("{id}") || !is_dns_name(&probe) {
+            return Err(err(
+                "kafka.advertised_host",
+                format!(
+                    "{pattern:?} is not a host name pattern; expected a DNS name with {{id}}, e.g. \"kafka-{{id}}.internal.example\" (omit the key for the ENI's address)"
+                ),
+            ));
+        }
+    }
+    let raw_listeners = raw.listeners.unwrap_or_else(|| {
+        let plain = |port| RawListener {
+            port,
+            protocol: SecurityProtocol::Plaintext,
+            sasl_mechanism: None,
+            jaas_file: None,
+            keystore: None,
+            keystore_password_file: None,
+            key_password_file: None,
+            truststore: None,
+            truststore_password_file: None,
+        };
+        let mut d = BTreeMap::from([("PLAINTEXT".to_string(), plain(9092))]);
+        if kraft_mode {
+            d.insert("CONTROLLER".to_string(), plain(9093));
+        }
+        d
+    });
+    if raw_listeners.is_empty() {
+        return Err(err(
+            "kafka.listeners",
+            "is empty; expected at least one listener".to_string(),
+        ));
+    }
+    let mut listeners = BTreeMap::new();
+    let mut ports = BTreeMap::new();
+    for (name, l) in raw_listeners {
+        let key = format!("kafka.listeners.{name}");
+        let name_ok = name.starts_with(|c: char| c.is_ascii_uppercase())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        if !name_ok {
+            return Err(err(
+                &key,
+                format!(
+                    "{name:?} is not a listener name; expected A-Z 0-9 _, starting with a letter"
+                ),
+            ));
+        }
+        let port = in_range(&format!("{key}.port"), l.port, 1, 65_535, err)? as u16;
+        if let Some(other) = ports.insert(port, name.clone()) {
+            return Err(err(
+                &format!("{key}.port"),
+                format!("{port} is already listener {other}'s port"),
+            ));
+        }
+        if let Some(m) = &l.sasl_mechanism {
+            let ok = !m.is_empty()
+                && m.chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '-' || c == '_');
+            if !l.protocol.is_sasl() {
+                return Err(err(
+                    &format!("{key}.sasl_mechanism"),
+                    format!(
+                        "needs protocol SASL_PLAINTEXT or SASL_SSL, not {}",
+                        l.protocol.as_str()
+                    ),
+                ));
+            }
+            if !ok {
+                return Err(err(
+                    &format!("{key}.sasl_mechanism"),
+                    format!("{m:?} is not a SASL mechanism; expected e.g. PLAIN, SCRAM-SHA-512"),
+                ));
+            }
+        }
+        if l.jaas_file.is_some() && l.sasl_mechanism.is_none() {
+            return Err(err(
+                &format!("{key}.jaas_file"),
+                "needs `sasl_mechanism` (the JAAS configuration is per mechanism)".to_string(),
+            ));
+        }
+        for (field, path, secret) in [
+            ("keystore", &l.keystore, false),
+            ("keystore_password_file", &l.keystore_password_file, true),
+            ("key_password_file", &l.key_password_file, true),
+            ("truststore", &l.truststore, false),
+            (
+                "truststore_password_file",
+                &l.truststore_password_file,
+                true,
+            ),
+            ("jaas_file", &l.jaas_file, true),
+        ] {
+            let Some(path) = path else { continue };
+            let k = format!("{key}.{field}");
+            if field != "jaas_file" && !l.protocol.is_ssl() {
+                return Err(err(
+                    &k,
+                    format!(
+                        "needs protocol SSL or SASL_SSL, not {}",
+                        l.protocol.as_str()
+                    ),
+                ));
+            }
+            absolute(&k, path)?;
+            let text = path.to_string_lossy();
+            // Secrets reach Kafka as ${dir:<directory>:<file>} (DirectoryConfigProvider).
+            if secret && (path.file_name().is_none() || text.contains([':', '{', '}', ','])) {
+                return Err(err(
+                    &k,
+                    format!(
+                        "{} cannot be referenced; expected a file path without : {{ }} ,",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        listeners.insert(
+            name,
+            Listener {
+                port,
+                protocol: l.protocol,
+                sasl_mechanism: l.sasl_mechanism,
+                jaas_file: l.jaas_file,
+                keystore: l.keystore,
+                keystore_password_file: l.keystore_password_file,
+                key_password_file: l.key_password_file,
+                truststore: l.truststore,
+                truststore_password_file: l.truststore_password_file,
+            },
+        );
+    }
+    let kraft = if kraft_mode {
+        let mut roles = raw
+            .process_roles
+            .unwrap_or_else(|| vec![ProcessRole::Broker, ProcessRole::Controller]);
+        roles.sort();
+        roles.dedup();
+        if roles.is_empty() {
+            return Err(err(
+                "kafka.process_roles",
+                "is empty; expected [\"broker\"], [\"controller\"] or both".to_string(),
+            ));
+        }
+        let controller = raw
+            .controller_listener
+            .unwrap_or_else(|| "CONTROLLER".to_string());
+        if !listeners.contains_key(&controller) {
+            return Err(err(
+                "kafka.controller_listener",
+                format!(
+                    "{controller:?} is not one of the listeners ({})",
+                    names(&listeners)
+                ),
+            ));
+        }
+        let quorum = match (raw.quorum_voters, raw.quorum_bootstrap_servers) {
+            (Some(v), None) => {
+                for voter in &v {
+                    let ok = voter
+                        .split_once('@')
+                        .is_some_and(|(id, hp)| id.parse::<u32>().is_ok() && is_host_port(hp));
+                    if !ok {
+                        return Err(err(
+                            "kafka.quorum_voters",
+                            format!("{voter:?} is not a voter; expected id@host:port"),
+                        ));
+                    }
+                }
+                Quorum::Voters(v)
+            }
+            (None, Some(b)) => {
+                for server in &b {
+                    if !is_host_port(server) {
+                        return Err(err(
+                            "kafka.quorum_bootstrap_servers",
+                            format!("{server:?} is not host:port"),
+                        ));
+                    }
+                }
+                Quorum::BootstrapServers(b)
+            }
+            _ => {
+                return Err(err(
+                    "kafka.quorum_voters",
+                    "mode \"kraft\" needs exactly one of `quorum_voters` and `quorum_bootstrap_servers`"
+                        .to_string(),
+                ));
+            }
+        };
+        if matches!(&quorum, Quorum::Voters(v) | Quorum::BootstrapServers(v) if v.is_empty()) {
+            return Err(err(
+                "kafka.quorum_voters",
+                "the quorum is empty; expected at least one controller".to_string(),
+            ));
+        }
+        Some(Kraft {
+            process_roles: roles,
+            controller_listener: controller,
+            quorum,
+        })
+    } else {
+        None
+    };
+    let controller = kraft.as_ref().map(|k| k.controller_listener.as_str());
+    let broker_listeners: Vec<&String> = listeners
+        .keys()
+        .filter(|n| Some(n.as_str()) != controller)
+        .collect();
+    let is_broker = kraft
+        .as_ref()
+        .is_none_or(|k| k.process_roles.contains(&ProcessRole::Broker));
+    let inter_broker_listener = match raw.inter_broker_listener {
+        Some(name) => {
+            if !broker_listeners.contains(&&name) {
+                return Err(err(
+                    "kafka.inter_broker_listener",
+                    format!(
+                        "{name:?} is not a broker listener; expected one of {}",
+                        broker_listeners
+                            .iter()
+                            .map(|s| s.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+            Some(name)
+        }
+        None if !is_broker => None,
+        None => match broker_listeners.as_slice() {
+            [only] => Some((*only).clone()),
+            [] => {
+                return Err(err(
+                    "kafka.listeners",
+                    "has no broker listener (only the controller's)".to_string(),
+                ));
+            }
+            _ => {
+                return Err(err(
+                    "kafka.inter_broker_listener",
+                    format!(
+                        "is required with several listeners; expected one of {}",
+                        names(&listeners)
+                    ),
+                ));
+            }
+        },
+    };
+    if is_broker && broker_listeners.is_empty() {
+        return Err(err(
+            "kafka.listeners",
+            "has no broker listener (only the controller's)".to_string(),
+        ));
+    }
+    Ok(Kafka {
+        mode: raw.mode,
+        template: raw.template,
+        output,
+        group: raw.group,
+        advertised_host: raw.advertised_host,
+        listeners,
+        inter_broker_listener,
+        kraft,
+    })
+}
+
+fn names<V>(map: &BTreeMap<String, V>) -> String {
+    map.keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A DNS name: dot-separated labels of A-Z a-z 0-9 -, not starting or ending with -.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// host:port with a DNS name or an IPv4 address (or [IPv6]) and a port 1..65535.
+fn is_host_port(s: &str) -> bool {
+    s.rsplit_once(':').is_some_and(|(h, p)| {
+        let host_ok = match h.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+            None => is_dns_name(h),
+        };
+        host_ok && p.parse::<u16>().is_ok_and(|p| p > 0)
     })
 }
 
