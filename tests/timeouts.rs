@@ -63,8 +63,9 @@ fn timed_out(what: &str, o: &Outcome, deadline: u32) {
         o.stderr
     );
     eprintln!(
-        "{what}: timeout after {:?} (deadline {deadline} s)",
-        o.elapsed
+        "{what}: timeout after {:?} (deadline {deadline} s): {}",
+        o.elapsed,
+        o.stderr.trim().lines().last().unwrap_or("")
     );
 }
 

@@ -66,16 +66,17 @@ pub async fn check(actual: &str) -> Result<(), RegionMismatch> {
 
 /// Timeouts for every AWS client, so that an endpoint that accepts a connection and never
 /// answers fails an attempt instead of hanging the step (the SDK sets only a connect timeout
-/// by default: "Timeouts", AWS SDK for Rust Developer Guide). EC2, Auto Scaling,
-/// CloudFormation and CloudWatch Logs send their first byte within a second or so; a
-/// silent endpoint is given up after 5 s per attempt and retried by the SDK (standard mode,
-/// 3 attempts) and then by the step's own backoff, all under the boot deadline.
+/// by default: "Timeouts", AWS SDK for Rust Developer Guide; `TimeoutConfig`). EC2, Auto
+/// Scaling, CloudFormation and CloudWatch Logs send their first byte within a second or so:
+/// a silent endpoint is given 4 s to the first byte and 5 s per attempt, and a call with the
+/// SDK's retries (standard mode) 9 s, so that its failure surfaces, is noted as what the step
+/// waits for, and is retried by the step's own backoff under the boot deadline.
 pub fn timeouts() -> TimeoutConfig {
     TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(3))
-        .read_timeout(Duration::from_secs(5))
-        .operation_attempt_timeout(Duration::from_secs(6))
-        .operation_timeout(Duration::from_secs(20))
+        .read_timeout(Duration::from_secs(4))
+        .operation_attempt_timeout(Duration::from_secs(5))
+        .operation_timeout(Duration::from_secs(9))
         .build()
 }
 
