@@ -727,9 +727,8 @@ mod tests {
                 .contains("key `kafka`: is for role \"kafka\" only"),
             "{e}"
         );
-        let s = format!(
-            "[zookeeper]\nconnect = \"zk:2181\"\n[kafka]\nmode = \"zookeeper\"\nprocess_roles = [\"broker\"]\n"
-        );
+        let s = "[zookeeper]\nconnect = \"zk:2181\"\n[kafka]\nmode = \"zookeeper\"\nprocess_roles = [\"broker\"]\n"
+            .to_string();
         let e = config_err(&s);
         assert!(
             e.contains("key `kafka.process_roles`: is for mode \"kraft\" only"),
