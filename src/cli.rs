@@ -65,35 +65,9 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Boot => {
             let (settings, deadline) = load(&cli.config)?;
-            let (clients, me) = deadline
-                .run("start", Clients::connect(deadline.at()))
-                .await?;
-            let claim = deadline
-                .run("claim", claim::run(&settings, &clients, &me, deadline.at()))
-                .await?;
-            let attach = deadline
-                .run(
-                    "attach",
-                    attach::run(&settings, &clients, &me, false, deadline.at()),
-                )
-                .await?;
-            let mount = if settings.resources.volume {
-                let step = storage::mount::run_step(&settings, &clients, deadline.at());
-                Some(deadline.run("mount", step).await?)
-            } else {
-                None
-            };
-            let route = if settings.resources.eni {
-                aws::region::log_imds_endpoint();
-                let step = network::run_step(&settings, deadline.at());
-                Some(deadline.run("route", step).await?)
-            } else {
-                None
-            };
-            let done = serde_json::json!({
-                "claim": claim, "attach": attach, "mount": mount, "route": route,
-            });
-            println!("{done}");
+            let (result, _ctx) = crate::boot::run(&settings, &deadline).await;
+            let done = result?;
+            println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }
         Command::Claim { dry_run, json } => {

@@ -41,7 +41,10 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         if e.is::<crate::deadline::TimedOut>() {
             return TIMEOUT;
         }
-        if e.is::<crate::config::ConfigError>() || e.is::<crate::aws::region::RegionMismatch>() {
+        if e.is::<crate::config::ConfigError>()
+            || e.is::<crate::aws::region::RegionMismatch>()
+            || e.is::<crate::render::RenderError>()
+        {
             return CONFIG;
         }
         match e.downcast_ref::<ClaimError>() {
@@ -85,6 +88,9 @@ pub fn kind_for(err: &anyhow::Error) -> &'static str {
         }
         if let Some(s) = e.downcast_ref::<crate::storage::mount::StorageError>() {
             return s.kind();
+        }
+        if let Some(r) = e.downcast_ref::<crate::render::RenderError>() {
+            return r.kind();
         }
     }
     "failure"

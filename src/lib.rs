@@ -19,6 +19,7 @@
 pub mod attach;
 pub mod aws;
 pub mod backoff;
+pub mod boot;
 pub mod claim;
 pub mod cli;
 pub mod config;

@@ -6,15 +6,17 @@ use kafka_agent::{cli, exit};
 #[tokio::main]
 async fn main() {
     let cli = cli::Cli::parse();
-    let level = match cli.verbose {
-        0 => "info",
-        1 => "debug",
-        _ => "trace",
+    // The agent's own lines at info; its libraries' (the ZooKeeper client's session chatter,
+    // the SDK's) only when they warn, unless asked for with -v / -vv.
+    let filter = match cli.verbose {
+        0 => "warn,kafka_agent=info",
+        1 => "info,kafka_agent=debug",
+        _ => "debug,kafka_agent=trace",
     };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KAFKA_AGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -85,6 +85,14 @@ impl Imds {
         })
     }
 
+    /// The instance's primary private address, retrying transient answers until `deadline`.
+    pub async fn local_ipv4(&self, deadline: Instant) -> Result<std::net::IpAddr> {
+        let ip = super::retry_transient(deadline, || self.get("/latest/meta-data/local-ipv4"))
+            .await?;
+        ip.parse()
+            .with_context(|| format!("IMDS local-ipv4 {ip:?} is not an address"))
+    }
+
     /// Reads the ENI's facts once IMDS has caught up with EC2: it lists the ENI with a real
     /// device number (not the transient 0 of a fresh attachment) and every address EC2
     /// reported for it (`expected`; without those, at least one). IMDS lags behind new

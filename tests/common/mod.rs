@@ -26,6 +26,9 @@ pub struct Cluster {
     pub zk_ports: Vec<u16>,
     /// `user:password` for the claim ledger's digest authentication.
     pub digest: Option<String>,
+    /// Render server.properties (a `[kafka]` table, zookeeper mode) to the host's
+    /// `etc/kafka/server.properties`.
+    pub render: bool,
 }
 
 impl Cluster {
@@ -43,6 +46,7 @@ impl Cluster {
             role: "kafka",
             zk_ports: testbed::shared().zookeeper.client_ports(),
             digest: None,
+            render: false,
         }
     }
 
@@ -80,7 +84,7 @@ impl Cluster {
              [resources]\neni = {r}\nvolume = {r}\n\n\
              [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
              sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
-             [zookeeper]\nconnect = \"{connect}{chroot}\"\n{digest}",
+             [zookeeper]\nconnect = \"{connect}{chroot}\"\n{digest}{kafka}",
             host = host.display(),
             name = self.name,
             role = self.role,
@@ -94,6 +98,14 @@ impl Cluster {
             r = self.resources,
             connect = connect.join(","),
             chroot = self.chroot(),
+            kafka = if self.render {
+                format!(
+                    "\n[kafka]\nmode = \"zookeeper\"\noutput = \"{}\"\n",
+                    host.join("etc/kafka/server.properties").display()
+                )
+            } else {
+                String::new()
+            },
             digest = self
                 .digest
                 .as_ref()
@@ -201,6 +213,15 @@ impl Cluster {
         inst: &str,
     ) -> Result<serde_json::Value, (i32, String)> {
         self.step(world, inst, "route").await
+    }
+
+    /// Runs `kafka-agent boot`; Ok(its JSON) or Err(exit code, stderr).
+    pub async fn boot(
+        &self,
+        world: &World,
+        inst: &str,
+    ) -> Result<serde_json::Value, (i32, String)> {
+        self.step(world, inst, "boot").await
     }
 
     /// Runs `kafka-agent mount`; Ok(its JSON) or Err(exit code, stderr).

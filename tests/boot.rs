@@ -1,0 +1,168 @@
+//! `kafka-agent boot`: one process makes the node whole (claim, attach, mount and route,
+//! render) and journals how it went. On the testbed; needs root.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Cluster};
+use kafka_testbed::{self as testbed, World};
+
+fn boot_journal(world: &World, inst: &str) -> serde_json::Value {
+    let path = world
+        .host_dir(inst)
+        .join("var/lib/kafka-agent/boot.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn rendered(world: &World, inst: &str) -> String {
+    std::fs::read_to_string(world.host_dir(inst).join("etc/kafka/server.properties")).unwrap()
+}
+
+async fn fresh_then_replacement(backend: Backend) {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, backend, 1, true);
+    cluster.render = true;
+    let (eni, ip, vol) = cluster.resources_for(&world, 0, "a").await;
+    let first = world.launch("a", &[]).await.unwrap();
+    let done = cluster.boot(&world, &first).await.unwrap();
+    assert_eq!(done["claim"]["id"], 0, "{done}");
+    assert_eq!(done["attach"]["eni"]["id"], eni.as_str());
+    assert_eq!(done["attach"]["volume"]["id"], vol.as_str());
+    assert_eq!(done["render"]["changed"], true, "{done}");
+    let props = rendered(&world, &first);
+    let data = world.host_dir(&first).join("var/lib/kafka");
+    for line in [
+        "broker.id=0".to_string(),
+        format!("advertised.listeners=PLAINTEXT://{ip}:9092"),
+        format!("log.dirs={}", data.join("kafka-logs").display()),
+        "broker.rack=us-east-1a".to_string(),
+    ] {
+        assert!(props.lines().any(|l| l == line), "no `{line}` in:\n{props}");
+    }
+    let journal = boot_journal(&world, &first);
+    assert_eq!(journal["outcome"], "success", "{journal}");
+    let steps: Vec<&str> = journal["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step"].as_str().unwrap())
+        .collect();
+    for step in ["start", "claim", "attach", "mount", "route", "render"] {
+        assert!(steps.contains(&step), "{step} not journalled: {journal}");
+    }
+    // Data the broker wrote (Kafka makes its log directory), to find again on the replacement.
+    std::fs::create_dir_all(data.join("kafka-logs")).unwrap();
+    std::fs::write(data.join("kafka-logs/marker"), "written by the first broker").unwrap();
+
+    // A rerun on the same node changes nothing.
+    let again = cluster.boot(&world, &first).await.unwrap();
+    assert_eq!(again["claim"]["how"], "kept", "{again}");
+    assert_eq!(again["render"]["changed"], false, "{again}");
+
+    // The broker dies; its replacement comes back with its id, address, data and config.
+    world.terminate(&first).await.unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    let back = cluster.boot(&world, &second).await.unwrap();
+    assert_eq!(back["claim"]["id"], 0, "{back}");
+    assert_eq!(back["attach"]["eni"]["ips"][0], ip.as_str(), "{back}");
+    let data2 = world.host_dir(&second).join("var/lib/kafka");
+    assert_eq!(
+        std::fs::read_to_string(data2.join("kafka-logs/marker")).unwrap(),
+        "written by the first broker"
+    );
+    // The same file but for the data directory's place on this host.
+    assert_eq!(
+        rendered(&world, &second).replace(&data2.display().to_string(), "DATA"),
+        props.replace(&data.display().to_string(), "DATA")
+    );
+}
+
+#[tokio::test]
+async fn a_node_boots_whole_and_its_replacement_comes_back_the_same_zookeeper() {
+    fresh_then_replacement(Backend::Zk).await;
+}
+
+#[tokio::test]
+async fn a_node_boots_whole_and_its_replacement_comes_back_the_same_cloudwatch_logs() {
+    fresh_then_replacement(Backend::Cwl).await;
+}
+
+#[tokio::test]
+async fn a_boot_killed_at_any_point_converges_on_the_rerun() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            attach_delay: Some(0.5),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    cluster.render = true;
+    cluster.resources_for(&world, 0, "a").await;
+    let inst = world.launch("a", &[]).await.unwrap();
+    for ms in [100, 300, 600, 900, 1300, 1800] {
+        let mut child = cluster.command(&world, &inst, &["boot"]).spawn().unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    let done = cluster.boot(&world, &inst).await.unwrap();
+    assert_eq!(done["claim"]["id"], 0, "{done}");
+    // One claim, one fstab line, one rendered file.
+    let zk = cluster.zk().await;
+    assert_eq!(
+        zk.list_children(&cluster.claim_path()).await.unwrap(),
+        vec!["0".to_string()]
+    );
+    let fstab = std::fs::read_to_string(world.host_dir(&inst).join("etc/fstab")).unwrap();
+    assert_eq!(
+        fstab.lines().filter(|l| l.contains("var/lib/kafka")).count(),
+        1,
+        "{fstab}"
+    );
+    assert!(rendered(&world, &inst).contains("broker.id=0"));
+    let leftovers: Vec<_> = std::fs::read_dir(world.host_dir(&inst).join("etc/kafka"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers, vec!["server.properties".to_string()]);
+    assert_eq!(boot_journal(&world, &inst)["outcome"], "success");
+}
+
+#[tokio::test]
+async fn a_failed_boot_journals_its_kind_and_message() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    cluster.deadline = 10;
+    let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
+    // A live instance holds the id's ENI: attach waits for it until the deadline.
+    let squatter = world.launch("a", &[]).await.unwrap();
+    world
+        .ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&squatter)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let inst = world.launch("a", &[]).await.unwrap();
+    let (code, stderr) = cluster.boot(&world, &inst).await.unwrap_err();
+    assert_eq!(code, 6, "{stderr}");
+    let journal = boot_journal(&world, &inst);
+    assert_eq!(journal["outcome"], "failure", "{journal}");
+    assert_eq!(journal["error"]["kind"], "resource_in_use", "{journal}");
+    assert!(
+        journal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&squatter),
+        "{journal}"
+    );
+    // Logs at the default level are the agent's own: no ZooKeeper session chatter.
+    assert!(!stderr.contains("zookeeper_client"), "{stderr}");
+}
