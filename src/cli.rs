@@ -51,6 +51,13 @@ pub enum Command {
     Mount,
     /// Route the attached ENI: address, table 10000+device-number, rules (step 4).
     Route,
+    /// Report the node's health from the journal and local live checks; exits 0 healthy,
+    /// 1 degraded, 2 failed, 3 unknown (never booted, journal unreadable).
+    Status {
+        /// Print the report as JSON (schema version 1, see the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the effective configuration (all files merged, defaults filled, secrets redacted).
     Config {
         /// Also list the files read, in the order they apply.
@@ -126,6 +133,12 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
+        }
+        Command::Status { json } => {
+            let settings = config::load(&cli.config)?;
+            let report = crate::status::collect(&settings).await;
+            crate::status::print(&report, json)?;
+            std::process::exit(report.exit_code);
         }
         Command::Config { files } => {
             let settings = config::load(&cli.config)?;

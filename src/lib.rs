@@ -28,4 +28,5 @@ pub mod exit;
 pub mod journal;
 pub mod network;
 pub mod render;
+pub mod status;
 pub mod storage;
