@@ -51,6 +51,10 @@ pub enum Command {
     Mount,
     /// Route the attached ENI: address, table 10000+device-number, rules (step 4).
     Route,
+    /// Wait until the broker serves (bounded by `[signal] ready_timeout_seconds`), then
+    /// signal SUCCESS to CloudFormation and CONTINUE to the lifecycle hook; FAILURE and
+    /// ABANDON with kind `not_ready` when it never does. Prints what was sent.
+    Signal,
     /// Report the node's health from the journal and local live checks; exits 0 healthy,
     /// 1 degraded, 2 failed, 3 unknown (never booted, journal unreadable).
     Status {
@@ -139,6 +143,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             let report = crate::status::collect(&settings).await;
             crate::status::print(&report, json)?;
             std::process::exit(report.exit_code);
+        }
+        Command::Signal => {
+            let (settings, deadline) = load(&cli.config)?;
+            let (clients, me) = deadline
+                .run("start", Clients::connect(deadline.at()))
+                .await?;
+            let step = crate::signal::run(&settings, &clients, &me, deadline.at());
+            let sent = deadline.run("signal", step).await?;
+            println!("{}", serde_json::to_string(&sent)?);
+            Ok(())
         }
         Command::Config { files } => {
             let settings = config::load(&cli.config)?;

@@ -62,6 +62,33 @@ pub struct Settings {
     pub zookeeper: Option<Zookeeper>,
     /// How the broker's server.properties is rendered (`[kafka]`, role kafka only).
     pub kafka: Option<Kafka>,
+    /// How readiness is judged and who is told (`[signal]`).
+    pub signal: SignalSettings,
+}
+
+/// `[signal]`: when the node counts as serving, and whom `signal` (and a failed `boot`) tells.
+#[derive(Debug, Clone, Serialize)]
+pub struct SignalSettings {
+    /// The stack to signal; `None` = the instance's `aws:cloudformation:stack-name` tag.
+    pub stack: Option<String>,
+    /// The resource to signal; `None` = the instance's `aws:cloudformation:logical-id` tag.
+    pub logical_id: Option<String>,
+    /// The launch lifecycle hook to complete; `None` = no hook.
+    pub lifecycle_hook: Option<String>,
+    /// The hook's group; `None` = the instance's `aws:autoscaling:groupName` tag.
+    pub auto_scaling_group: Option<String>,
+    /// On failure, also mark the instance Unhealthy so that the group replaces it.
+    pub mark_unhealthy_on_failure: bool,
+    /// How long `signal` waits for the broker to serve before it reports `not_ready`.
+    #[serde(rename = "ready_timeout_seconds", serialize_with = "as_seconds")]
+    pub ready_timeout: Duration,
+    /// How often the lifecycle hook hears a heartbeat while `signal` waits.
+    #[serde(rename = "heartbeat_seconds", serialize_with = "as_seconds")]
+    pub heartbeat: Duration,
+    /// A command (argv, absolute program path) that must also exit 0 before the node is ready.
+    pub ready_command: Option<Vec<String>>,
+    /// The instance tag a failure's kind and message are written to ("" = none).
+    pub failure_tag: String,
 }
 
 /// Where ids are claimed.
@@ -336,6 +363,22 @@ struct Raw {
     storage: RawStorage,
     zookeeper: Option<RawZookeeper>,
     kafka: Option<RawKafka>,
+    #[serde(default)]
+    signal: RawSignal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignal {
+    stack: Option<String>,
+    logical_id: Option<String>,
+    lifecycle_hook: Option<String>,
+    auto_scaling_group: Option<String>,
+    mark_unhealthy_on_failure: Option<bool>,
+    ready_timeout_seconds: Option<i64>,
+    heartbeat_seconds: Option<i64>,
+    ready_command: Option<Vec<String>>,
+    failure_tag: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -809,7 +852,9 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             err,
         )?),
     };
+    let signal = validate_signal(raw.signal, err)?;
     Ok(Settings {
+        signal,
         kafka,
         storage,
         claim: ClaimSettings {
@@ -1172,6 +1217,89 @@ fn validate_kafka(
         listeners,
         inter_broker_listener,
         kraft,
+    })
+}
+
+/// `[signal]`: names as CloudFormation and Auto Scaling accept them, a bounded readiness wait.
+fn validate_signal(
+    raw: RawSignal,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<SignalSettings, ConfigError> {
+    // Stack names: a letter, then letters, digits and hyphens (or the stack's ARN); logical
+    // ids: alphanumeric; hook and group names: 1 to 255 characters (CloudFormation and
+    // Auto Scaling API references).
+    let named = |key: &str, v: &Option<String>, ok: &dyn Fn(&str) -> bool, form: &str| match v {
+        Some(s) if !ok(s) => Err(err(key, format!("{s:?} is not {form}"))),
+        _ => Ok(()),
+    };
+    named(
+        "signal.stack",
+        &raw.stack,
+        &|s| {
+            s.starts_with("arn:")
+                || (s.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+        },
+        "a stack name; expected a letter, then A-Z a-z 0-9 -, or the stack's ARN",
+    )?;
+    named(
+        "signal.logical_id",
+        &raw.logical_id,
+        &|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()),
+        "a logical resource id; expected A-Z a-z 0-9",
+    )?;
+    for (key, v) in [
+        ("signal.lifecycle_hook", &raw.lifecycle_hook),
+        ("signal.auto_scaling_group", &raw.auto_scaling_group),
+    ] {
+        named(
+            key,
+            v,
+            &|s| (1..=255).contains(&s.len()) && !s.contains(char::is_control),
+            "a name; expected 1 to 255 characters",
+        )?;
+    }
+    let ready_timeout = in_range(
+        "signal.ready_timeout_seconds",
+        raw.ready_timeout_seconds.unwrap_or(300),
+        1,
+        86_400,
+        err,
+    )?;
+    let heartbeat = in_range(
+        "signal.heartbeat_seconds",
+        raw.heartbeat_seconds.unwrap_or(60),
+        1,
+        7_200,
+        err,
+    )?;
+    if let Some(argv) = &raw.ready_command
+        && !argv.first().is_some_and(|p| p.starts_with('/'))
+    {
+        return Err(err(
+            "signal.ready_command",
+            "expected an argv array whose first element is an absolute program path".to_string(),
+        ));
+    }
+    let failure_tag = raw
+        .failure_tag
+        .unwrap_or_else(|| "kafka-agent:failure".into());
+    if failure_tag.len() > 128 || failure_tag.starts_with("aws:") {
+        return Err(err(
+            "signal.failure_tag",
+            format!("{failure_tag:?} is not a tag key; expected at most 128 characters, not aws:"),
+        ));
+    }
+    Ok(SignalSettings {
+        stack: raw.stack,
+        logical_id: raw.logical_id,
+        lifecycle_hook: raw.lifecycle_hook,
+        auto_scaling_group: raw.auto_scaling_group,
+        mark_unhealthy_on_failure: raw.mark_unhealthy_on_failure.unwrap_or(false),
+        ready_timeout: Duration::from_secs(ready_timeout as u64),
+        heartbeat: Duration::from_secs(heartbeat as u64),
+        ready_command: raw.ready_command,
+        failure_tag,
     })
 }
 

@@ -30,6 +30,10 @@ pub const UNSAFE_DATA: i32 = 8;
 /// waited for never came.
 pub const TIMEOUT: i32 = 9;
 
+/// `signal`: the broker did not serve within `[signal] ready_timeout_seconds` (`not_ready`);
+/// FAILURE was sent.
+pub const NOT_READY: i32 = 10;
+
 /// Maps an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
     use crate::claim::ClaimError;
@@ -40,6 +44,9 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
     for e in err.chain() {
         if e.is::<crate::deadline::TimedOut>() {
             return TIMEOUT;
+        }
+        if e.is::<crate::signal::NotReady>() {
+            return NOT_READY;
         }
         if e.is::<crate::config::ConfigError>()
             || e.is::<crate::aws::region::RegionMismatch>()
@@ -73,6 +80,9 @@ pub fn kind_for(err: &anyhow::Error) -> &'static str {
     for e in err.chain() {
         if e.is::<crate::deadline::TimedOut>() {
             return "timeout";
+        }
+        if let Some(n) = e.downcast_ref::<crate::signal::NotReady>() {
+            return n.kind();
         }
         if e.is::<crate::config::ConfigError>() {
             return "invalid_config";

@@ -28,5 +28,6 @@ pub mod exit;
 pub mod journal;
 pub mod network;
 pub mod render;
+pub mod signal;
 pub mod status;
 pub mod storage;

@@ -410,6 +410,41 @@ impl Ec2 {
         )
     }
 
+    /// Every tag of one resource (this instance's own, e.g. the `aws:cloudformation:*` and
+    /// `aws:autoscaling:groupName` tags CloudFormation and Auto Scaling put on it).
+    pub async fn tags_of(&self, resource: &str) -> Result<BTreeMap<String, String>> {
+        let mut out = BTreeMap::new();
+        let mut pages = self
+            .client
+            .describe_tags()
+            .filters(filter("resource-id", vec![resource.to_string()]))
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| aws_error(e, &format!("describing {resource}'s tags")))?;
+            for t in page.tags() {
+                if let Some(k) = t.key() {
+                    out.insert(k.to_string(), t.value().unwrap_or("").to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes tags (by key) from a resource.
+    pub async fn untag(&self, resource: &str, keys: &[String]) -> Result<()> {
+        self.client
+            .delete_tags()
+            .resources(resource)
+            .set_tags(Some(
+                keys.iter().map(|k| Tag::builder().key(k).build()).collect(),
+            ))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| aws_error(e, &format!("removing {} from {resource}", keys.join(","))))
+    }
+
     /// Sets tags (key, value) on a resource (an instance, a volume).
     pub async fn tag(&self, resource: &str, tags: &[(String, String)]) -> Result<()> {
         let said: Vec<String> = tags.iter().map(|(k, v)| format!("{k}={v}")).collect();

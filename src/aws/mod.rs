@@ -4,7 +4,8 @@
 //! * [`ec2`]: the narrow EC2 questions the steps ask (tagged ENIs and volumes, holders,
 //!   which instances are dead, attach / force-detach, tag);
 //! * [`logs`]: the CloudWatch Logs calls behind the claim ledger;
-//! * [`imds`]: the instance's identity and its ENIs' facts (IMDSv2).
+//! * [`imds`]: the instance's identity and its ENIs' facts (IMDSv2);
+//! * [`cfn`]: SignalResource; [`asg`]: lifecycle hook completion, heartbeats, instance health.
 //!
 //! * [`region`]: the instance's own region, client timeouts, where each endpoint comes from.
 //!
@@ -12,6 +13,8 @@
 //! instance: IMDS); the standard `AWS_ENDPOINT_URL` and `AWS_EC2_METADATA_SERVICE_ENDPOINT`
 //! variables redirect the endpoints, so nothing test-specific is compiled into the agent.
 
+pub mod asg;
+pub mod cfn;
 pub mod ec2;
 pub mod imds;
 pub mod logs;
