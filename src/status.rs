@@ -10,7 +10,7 @@
 //! [`collect`] observes, [`assess`] (pure) turns sections and the last boot into one health
 //! with its exit code (0 healthy, 1 degraded, 2 failed, 3 unknown), [`human`] and `--json`
 //! print it. The JSON is a stable, versioned schema (README, "kafka-agent status";
-//! `docs/status.schema.json`). No secret reaches it: the configuration is never printed, only
+//! `tests/status.schema.json`). No secret reaches it: the configuration is never printed, only
 //! the rendered file's path and hash (the file references secrets by path).
 
 use std::collections::BTreeMap;
@@ -1147,7 +1147,6 @@ pub fn human(r: &Report) -> String {
         "last boot",
         match &r.last_boot {
             Some(b) => {
-                let total: u64 = b.steps.iter().map(|s| s.ms).sum();
                 let steps = b
                     .steps
                     .iter()
@@ -1161,7 +1160,15 @@ pub fn human(r: &Report) -> String {
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
-                let mut v = format!("{} {} in {total} ms", utc(b.started_unix), b.outcome);
+                let mut v = format!(
+                    "{} {}{}",
+                    utc(b.started_unix),
+                    b.outcome,
+                    b.finished_unix.map_or(", not finished".into(), |f| format!(
+                        " after {} s",
+                        f.saturating_sub(b.started_unix)
+                    ))
+                );
                 if !steps.is_empty() {
                     v.push_str(&format!(": {steps}"));
                 }
