@@ -703,10 +703,14 @@ fn unescape_mountinfo(s: &str) -> String {
 fn usage(path: &Path) -> Result<Usage> {
     let s =
         nix::sys::statvfs::statvfs(path).with_context(|| format!("statvfs {}", path.display()))?;
-    let frsize = s.fragment_size() as u64;
-    let total = s.blocks() as u64 * frsize;
-    let free = s.blocks_free() as u64 * frsize;
-    let available = s.blocks_available() as u64 * frsize;
+    // statvfs's field types differ by platform; all are unsigned and fit u64.
+    fn wide<T: Into<u64>>(n: T) -> u64 {
+        n.into()
+    }
+    let frsize = wide(s.fragment_size());
+    let total = wide(s.blocks()) * frsize;
+    let free = wide(s.blocks_free()) * frsize;
+    let available = wide(s.blocks_available()) * frsize;
     let used = total.saturating_sub(free);
     // As df computes Use%: used / (used + available), rounded up.
     let denom = used + available;
