@@ -61,6 +61,8 @@ pub struct Booted {
 pub struct RenderRecord {
     pub path: std::path::PathBuf,
     pub changed: bool,
+    /// SHA-256 of the file as rendered (`status` tells a hand edit from it).
+    pub sha256: String,
 }
 
 fn now_unix() -> u64 {
@@ -219,9 +221,14 @@ async fn steps(
             mount: &settings.storage.data_dir,
             settings,
         };
-        let result = render::apply(&inputs).map(|r| RenderRecord {
-            path: r.path,
-            changed: r.changed,
+        let result = render::apply(&inputs).and_then(|r| {
+            let text = std::fs::read(&r.path)
+                .with_context(|| format!("reading back {}", r.path.display()))?;
+            Ok(RenderRecord {
+                sha256: crate::status::sha256_hex(&text),
+                path: r.path,
+                changed: r.changed,
+            })
         });
         j.step("render", started, &result);
         let done = result?;

@@ -666,16 +666,13 @@ fn dev_numbers(dev: u64) -> (u64, u64) {
 /// The (major, minor) of what is mounted at `mountpoint` (the topmost mount), from
 /// `/proc/self/mountinfo` text. Pure.
 pub fn mounted_at(mountinfo: &str, mountpoint: &str) -> Option<(u64, u64)> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let (_, _, majmin, _, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
-            (unescape_mountinfo(mp) == mountpoint).then_some(())?;
-            let (ma, mi) = majmin.split_once(':')?;
-            Some((ma.parse().ok()?, mi.parse().ok()?))
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let (_, _, majmin, _, mp) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+        (unescape_mountinfo(mp) == mountpoint).then_some(())?;
+        let (ma, mi) = majmin.split_once(':')?;
+        Some((ma.parse().ok()?, mi.parse().ok()?))
+    })
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.

@@ -9,9 +9,7 @@ use common::{Backend, Cluster};
 use kafka_testbed::{self as testbed, World};
 
 fn boot_journal(world: &World, inst: &str) -> serde_json::Value {
-    let path = world
-        .host_dir(inst)
-        .join("var/lib/kafka-agent/boot.json");
+    let path = world.host_dir(inst).join("var/lib/kafka-agent/boot.json");
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -53,7 +51,11 @@ async fn fresh_then_replacement(backend: Backend) {
     }
     // Data the broker wrote (Kafka makes its log directory), to find again on the replacement.
     std::fs::create_dir_all(data.join("kafka-logs")).unwrap();
-    std::fs::write(data.join("kafka-logs/marker"), "written by the first broker").unwrap();
+    std::fs::write(
+        data.join("kafka-logs/marker"),
+        "written by the first broker",
+    )
+    .unwrap();
 
     // A rerun on the same node changes nothing.
     let again = cluster.boot(&world, &first).await.unwrap();
@@ -119,7 +121,10 @@ async fn a_boot_killed_at_any_point_converges_on_the_rerun() {
     );
     let fstab = std::fs::read_to_string(world.host_dir(&inst).join("etc/fstab")).unwrap();
     assert_eq!(
-        fstab.lines().filter(|l| l.contains("var/lib/kafka")).count(),
+        fstab
+            .lines()
+            .filter(|l| l.contains("var/lib/kafka"))
+            .count(),
         1,
         "{fstab}"
     );

@@ -477,3 +477,65 @@ async fn send_abandons_on_failure_continues_on_success_and_can_mark_unhealthy() 
     assert_eq!(lifecycle.len(), 1, "{lifecycle:?}");
     assert_eq!(lifecycle[0].auto_scaling_group, group_name);
 }
+
+#[tokio::test]
+async fn a_failed_boot_tells_the_stack_and_abandons_the_launch() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    cluster.deadline = 10;
+    let stack = stack(&format!("s-{}", cluster.name)).await;
+    let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
+    // A live instance holds the id's ENI: the boot fails `resource_in_use` at its deadline.
+    let squatter = world.launch("a", &[]).await.unwrap();
+    world
+        .ec2
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&squatter)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    let inst = world
+        .launch(
+            "a",
+            &[
+                ("aws:cloudformation:stack-name", stack.as_str()),
+                ("aws:cloudformation:logical-id", LOGICAL_ID),
+            ],
+        )
+        .await
+        .unwrap();
+    group(&world, &format!("g-{}", cluster.name), &[&inst]).await;
+    let config = dropin(
+        &world,
+        &cluster,
+        &inst,
+        &format!("lifecycle_hook = \"{HOOK}\""),
+    );
+    let mut cmd = world
+        .command(&inst, env!("CARGO_BIN_EXE_kafka-agent"))
+        .unwrap();
+    cmd.arg("--config").arg(config).arg("boot");
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+
+    let signals = signals_for(&inst).await;
+    assert_eq!(signals.len(), 1, "{signals:?}");
+    assert_eq!(signals[0].status, "FAILURE");
+    assert_eq!(stack_status(&stack).await, "CREATE_FAILED");
+    let completed: Vec<_> = lifecycle_for(&inst)
+        .await
+        .into_iter()
+        .filter(|a| a.kind == "complete")
+        .collect();
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(completed[0].result.as_deref(), Some("ABANDON"));
+    let tags = instance_tags(&world, &inst).await;
+    let reason = &tags["kafka-agent:failure"];
+    assert!(
+        reason.starts_with("resource_in_use:") && reason.contains(&squatter),
+        "{reason}"
+    );
+}

@@ -87,8 +87,8 @@ impl Imds {
 
     /// The instance's primary private address, retrying transient answers until `deadline`.
     pub async fn local_ipv4(&self, deadline: Instant) -> Result<std::net::IpAddr> {
-        let ip = super::retry_transient(deadline, || self.get("/latest/meta-data/local-ipv4"))
-            .await?;
+        let ip =
+            super::retry_transient(deadline, || self.get("/latest/meta-data/local-ipv4")).await?;
         ip.parse()
             .with_context(|| format!("IMDS local-ipv4 {ip:?} is not an address"))
     }

@@ -305,3 +305,155 @@ pub async fn claim(
     }
     Ok(())
 }
+
+/// Runs `agent --config <config> boot` on `inst` and waits for it with wait4(2): (wall time,
+/// peak RSS in KiB of the agent process, its stdout). nsenter execs the agent in place, so
+/// the child's rusage is the agent's.
+fn boot_once(
+    world: &World,
+    inst: &str,
+    agent: &std::path::Path,
+    config: &std::path::Path,
+) -> Result<(Duration, i64, String)> {
+    use std::os::unix::process::ExitStatusExt;
+    let out_path = world.host_dir(inst).join("boot.out");
+    let out = std::fs::File::create(&out_path)?;
+    let mut cmd = world.command(inst, &agent.to_string_lossy())?;
+    cmd.arg("--config")
+        .arg(config)
+        .arg("boot")
+        .stdout(out)
+        .stderr(std::process::Stdio::piped());
+    let start = Instant::now();
+    let child = cmd.spawn()?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: pid is our child, status and usage are valid for writes.
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = start.elapsed();
+    if r != pid {
+        bail!("wait4: {}", std::io::Error::last_os_error());
+    }
+    let status = std::process::ExitStatus::from_raw(status);
+    let stdout = std::fs::read_to_string(&out_path)?;
+    if !status.success() {
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        bail!("boot failed ({status}): {stderr}");
+    }
+    Ok((wall, usage.ru_maxrss, stdout))
+}
+
+/// A replacement boot: the id's ENI and volume (formatted by the broker before) come back to
+/// a new instance after the old one is terminated; no added delays. Wall time of the whole
+/// `kafka-agent boot` process, AWS API calls it makes, its peak RSS.
+#[tokio::main]
+pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
+    let agent = agent_path(agent)?;
+    let services = Services::start(1)?;
+    let world = World::create(&services, &["a"]).await?;
+    let settings = kafka_testbed::aws::ScopeSettings {
+        attach_delay: Some(0.0),
+        detach_delay: Some(0.0),
+        release_delay: Some(0.0),
+        pending_delay: Some(0.0),
+        shutdown_delay: Some(0.0),
+        visibility_delay: Some(0.0),
+        ..Default::default()
+    };
+    services.moto.configure(&world.scope, &settings).await?;
+    println!(
+        "boot benchmark: agent {}, {samples} replacement boots (ZooKeeper ledger, ENI + volume, render), no added delays",
+        agent.display()
+    );
+    let count = |stats: &std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, (u64, f64)>,
+    >| {
+        stats
+            .get(&world.scope)
+            .map(|m| m.values().map(|(n, _)| n).sum::<u64>())
+            .unwrap_or(0)
+    };
+    let (mut walls, mut calls, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    let mut by_action: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in 0..samples {
+        let cluster = format!("{}-boot-{i}", world.id);
+        let tags = [
+            ("kafka-agent:cluster", cluster.as_str()),
+            ("kafka-agent:role", "kafka"),
+            ("kafka-agent:id", "0"),
+        ];
+        world.create_eni("a", &tags).await?;
+        let mut vol_tags = tags.to_vec();
+        vol_tags.push(("kafka-agent:volume", "new"));
+        world.create_volume("a", 1, &vol_tags).await?;
+        let first = world.launch("a", &[]).await?;
+        let config = boot_config(&world, &first, &cluster)?;
+        boot_once(&world, &first, &agent, &config).context("the first broker's boot")?;
+        world.terminate(&first).await?;
+        let second = world.launch("a", &[]).await?;
+        let config = boot_config(&world, &second, &cluster)?;
+        let before = services.moto.stats().await?;
+        let (wall, peak, out) = boot_once(&world, &second, &agent, &config)?;
+        let after = services.moto.stats().await?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        if v["claim"]["how"] != "took_over" || v["attach"]["volume"]["id"].is_null() {
+            bail!("not a replacement boot: {v}");
+        }
+        walls.push(wall);
+        calls.push(count(&after) - count(&before));
+        rss.push(peak);
+        if let Some(m) = after.get(&world.scope) {
+            for (a, (n, _)) in m {
+                let was = before
+                    .get(&world.scope)
+                    .and_then(|b| b.get(a))
+                    .map_or(0, |(n, _)| *n);
+                *by_action.entry(a.clone()).or_default() += n - was;
+            }
+        }
+    }
+    walls.sort();
+    println!(
+        "replacement boot (process wall): p50 {} p99 {} max {}; AWS API calls per boot: min {} max {}; peak RSS max {} KiB",
+        ms(percentile(&walls, 0.5)),
+        ms(percentile(&walls, 0.99)),
+        ms(*walls.last().unwrap()),
+        calls.iter().min().unwrap(),
+        calls.iter().max().unwrap(),
+        rss.iter().max().unwrap(),
+    );
+    let per: Vec<String> = by_action
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(a, n)| format!("{a} {:.1}", *n as f64 / samples as f64))
+        .collect();
+    println!("calls per boot by action: {}", per.join(", "));
+    Ok(())
+}
+
+/// A boot's configuration on the world's host: ZooKeeper ledger, ENI and volume, the host's
+/// own device and mount tree, server.properties rendered in the host's /etc/kafka.
+fn boot_config(world: &World, inst: &str, cluster: &str) -> Result<PathBuf> {
+    let host = world.host_dir(inst);
+    let zk = world.zookeeper_for(inst)?;
+    let text = format!(
+        "[cluster]\nname = \"{cluster}\"\nrole = \"kafka\"\nsize = 1\n\
+         [boot]\ndeadline_seconds = 120\n[paths]\nstate_dir = \"{h}/var/lib/kafka-agent\"\n\
+         [claim]\nbackend = \"zookeeper\"\n[resources]\neni = true\nvolume = true\n\
+         [storage]\ndata_dir = \"{h}/var/lib/kafka\"\nfstab = \"{h}/etc/fstab\"\n\
+         sysfs_root = \"{h}/sys\"\ndev_root = \"{h}/dev\"\n\
+         [zookeeper]\nconnect = \"{zk}/{cluster}\"\n\
+         [kafka]\nmode = \"zookeeper\"\noutput = \"{h}/etc/kafka/server.properties\"\n",
+        h = host.display(),
+    );
+    let path = host.join("etc/kafka-agent/agent.toml");
+    std::fs::create_dir_all(path.parent().unwrap())?;
+    std::fs::write(&path, text)?;
+    Ok(path)
+}

@@ -61,6 +61,16 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         samples: usize,
     },
+    /// Benchmark a replacement boot (`kafka-agent boot` on a new instance taking over a
+    /// terminated broker's id, ENI and formatted volume; no added delays): p50/p99 wall time,
+    /// AWS API calls per boot, peak RSS. Build the agent with --release first.
+    BenchBoot {
+        /// The kafka-agent binary to run (default: beside this one).
+        #[arg(long)]
+        agent: Option<std::path::PathBuf>,
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+    },
     /// Exit non-zero if any testbed left namespaces, loop devices, mounts or processes.
     Check,
     /// Remove everything testbeds left behind (of dead owners; --all: of every testbed).
@@ -90,6 +100,7 @@ fn main() -> ExitCode {
             delay,
             samples,
         } => bench::attach(agent, delay, samples),
+        Cmd::BenchBoot { agent, samples } => bench::boot(agent, samples),
         Cmd::Check => {
             let left = cleanup::leftovers(&testbed::root());
             if left.is_empty() {
