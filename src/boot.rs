@@ -85,9 +85,13 @@ impl BootJournal {
     }
 
     fn step<T>(&mut self, step: &str, started: Instant, result: &Result<T>) {
+        self.step_took(step, started.elapsed(), result);
+    }
+
+    fn step_took<T>(&mut self, step: &str, took: std::time::Duration, result: &Result<T>) {
         self.steps.push(StepRecord {
             step: step.to_string(),
-            ms: started.elapsed().as_millis() as u64,
+            ms: took.as_millis() as u64,
             outcome: if result.is_ok() { "ok" } else { "failed" }.into(),
         });
     }
@@ -172,6 +176,7 @@ async fn steps(
     )
     .await?;
     // The volume and the ENI are independent: mount and route side by side.
+    // Each side records its own duration (they end at different times).
     let mount = async {
         let started = Instant::now();
         let r = if settings.resources.volume {
@@ -183,7 +188,7 @@ async fn steps(
         } else {
             Ok(None)
         };
-        (started, r)
+        (started.elapsed(), r)
     };
     let route = async {
         let started = Instant::now();
@@ -196,14 +201,14 @@ async fn steps(
         } else {
             Ok(None)
         };
-        (started, r)
+        (started.elapsed(), r)
     };
-    let ((m_started, mount), (r_started, route)) = tokio::join!(mount, route);
+    let ((m_took, mount), (r_took, route)) = tokio::join!(mount, route);
     if settings.resources.volume {
-        j.step("mount", m_started, &mount);
+        j.step_took("mount", m_took, &mount);
     }
     if settings.resources.eni {
-        j.step("route", r_started, &route);
+        j.step_took("route", r_took, &route);
     }
     let (mount, route) = (mount?, route?);
     let render = if settings.kafka.is_some() && settings.cluster.role == Role::Kafka {

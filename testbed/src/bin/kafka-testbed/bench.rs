@@ -318,12 +318,15 @@ fn boot_once(
     use std::os::unix::process::ExitStatusExt;
     let out_path = world.host_dir(inst).join("boot.out");
     let out = std::fs::File::create(&out_path)?;
+    let err_path = world.host_dir(inst).join("boot.err");
+    let err = std::fs::File::create(&err_path)?;
     let mut cmd = world.command(inst, &agent.to_string_lossy())?;
     cmd.arg("--config")
         .arg(config)
         .arg("boot")
+        .env("KAFKA_AGENT_LOG", "kafka_agent=debug")
         .stdout(out)
-        .stderr(std::process::Stdio::piped());
+        .stderr(err);
     let start = Instant::now();
     let child = cmd.spawn()?;
     let pid = child.id() as libc::pid_t;
@@ -337,14 +340,14 @@ fn boot_once(
     }
     let status = std::process::ExitStatus::from_raw(status);
     let stdout = std::fs::read_to_string(&out_path)?;
+    let stderr = std::fs::read_to_string(&err_path)?;
     if !status.success() {
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut stderr);
-        }
         bail!("boot failed ({status}): {stderr}");
     }
+    if wall > Duration::from_secs(5) {
+        eprintln!("a slow boot ({}): its log:\n{stderr}", ms(wall));
+    }
+    drop(child);
     Ok((wall, usage.ru_maxrss, stdout))
 }
 
@@ -381,6 +384,7 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
     };
     let (mut walls, mut calls, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     let mut by_action: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut steps: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
     for i in 0..samples {
         let cluster = format!("{}-boot-{i}", world.id);
         let tags = [
@@ -404,6 +408,17 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         let v: serde_json::Value = serde_json::from_str(&out)?;
         if v["claim"]["how"] != "took_over" || v["attach"]["volume"]["id"].is_null() {
             bail!("not a replacement boot: {v}");
+        }
+        let journal: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(
+            world
+                .host_dir(&second)
+                .join("var/lib/kafka-agent/boot.json"),
+        )?)?;
+        for step in journal["steps"].as_array().into_iter().flatten() {
+            steps
+                .entry(step["step"].as_str().unwrap_or("?").to_string())
+                .or_default()
+                .push(Duration::from_millis(step["ms"].as_u64().unwrap_or(0)));
         }
         walls.push(wall);
         calls.push(count(&after) - count(&before));
@@ -434,6 +449,21 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         .map(|(a, n)| format!("{a} {:.1}", *n as f64 / samples as f64))
         .collect();
     println!("calls per boot by action: {}", per.join(", "));
+    let per_step: Vec<String> = steps
+        .iter_mut()
+        .map(|(step, d)| {
+            d.sort();
+            format!(
+                "{step} {} (max {})",
+                ms(percentile(d, 0.5)),
+                ms(*d.last().unwrap())
+            )
+        })
+        .collect();
+    println!(
+        "steps, p50 (max), from boot.json; mount and route run side by side: {}",
+        per_step.join(", ")
+    );
     Ok(())
 }
 
