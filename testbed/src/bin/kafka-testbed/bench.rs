@@ -398,12 +398,16 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         world.create_volume("a", 1, &vol_tags).await?;
         let first = world.launch("a", &[]).await?;
         let config = boot_config(&world, &first, &cluster)?;
-        boot_once(&world, &first, &agent, &config).context("the first broker's boot")?;
+        // wait4 blocks: hand this worker's queue to another thread meanwhile (the world's
+        // proxies and hypervisor run on this runtime).
+        tokio::task::block_in_place(|| boot_once(&world, &first, &agent, &config))
+            .context("the first broker's boot")?;
         world.terminate(&first).await?;
         let second = world.launch("a", &[]).await?;
         let config = boot_config(&world, &second, &cluster)?;
         let before = services.moto.stats().await?;
-        let (wall, peak, out) = boot_once(&world, &second, &agent, &config)?;
+        let (wall, peak, out) =
+            tokio::task::block_in_place(|| boot_once(&world, &second, &agent, &config))?;
         let after = services.moto.stats().await?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         if v["claim"]["how"] != "took_over" || v["attach"]["volume"]["id"].is_null() {
