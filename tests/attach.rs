@@ -127,16 +127,7 @@ async fn an_eni_held_by_a_live_instance_is_never_taken() {
     let mut cluster = Cluster::new(&world, Backend::Cwl, 1, true);
     cluster.deadline = 10;
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
-    let squatter = world.launch("a", &[]).await.unwrap();
-    world
-        .ec2
-        .attach_network_interface()
-        .network_interface_id(&eni)
-        .instance_id(&squatter)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
+    let squatter = common::squat_eni(&world, &eni).await;
     let inst = world.launch("a", &[]).await.unwrap();
     cluster.claim(&world, &inst).await.unwrap();
     let (code, stderr) = cluster.attach(&world, &inst).await.unwrap_err();

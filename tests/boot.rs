@@ -145,16 +145,7 @@ async fn a_failed_boot_journals_its_kind_and_message() {
     cluster.deadline = 10;
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
     // A live instance holds the id's ENI: attach waits for it until the deadline.
-    let squatter = world.launch("a", &[]).await.unwrap();
-    world
-        .ec2
-        .attach_network_interface()
-        .network_interface_id(&eni)
-        .instance_id(&squatter)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
+    let squatter = common::squat_eni(&world, &eni).await;
     let inst = world.launch("a", &[]).await.unwrap();
     let (code, stderr) = cluster.boot(&world, &inst).await.unwrap_err();
     assert_eq!(code, 6, "{stderr}");

@@ -195,6 +195,23 @@ async fn instance_tags(world: &World, inst: &str) -> std::collections::BTreeMap<
         .collect()
 }
 
+/// Asserts that the stack got one FAILURE (and failed) and the launch hook one ABANDON for
+/// `inst`; returns the failure reason the instance's tag carries.
+async fn told_failure(world: &World, inst: &str, stack: &str) -> String {
+    let signals = signals_for(inst).await;
+    assert_eq!(signals.len(), 1, "{signals:?}");
+    assert_eq!(signals[0].status, "FAILURE");
+    assert_eq!(stack_status(stack).await, "CREATE_FAILED");
+    let completed: Vec<_> = lifecycle_for(inst)
+        .await
+        .into_iter()
+        .filter(|a| a.kind == "complete")
+        .collect();
+    assert_eq!(completed.len(), 1, "{completed:?}");
+    assert_eq!(completed[0].result.as_deref(), Some("ABANDON"));
+    instance_tags(world, inst).await["kafka-agent:failure"].clone()
+}
+
 /// Polls `check` every 200 ms for up to `cap`.
 async fn eventually<F, Fut>(cap: Duration, what: &str, check: F)
 where
@@ -297,19 +314,7 @@ async fn not_ready_when_the_broker_never_registers() {
     assert!(stderr.contains("[not_ready]"), "{stderr}");
     assert!(stderr.contains("/brokers/ids/0 does not exist"), "{stderr}");
 
-    let signals = signals_for(&inst).await;
-    assert_eq!(signals.len(), 1, "{signals:?}");
-    assert_eq!(signals[0].status, "FAILURE");
-    assert_eq!(stack_status(&stack).await, "CREATE_FAILED");
-    let completed: Vec<_> = lifecycle_for(&inst)
-        .await
-        .into_iter()
-        .filter(|a| a.kind == "complete")
-        .collect();
-    assert_eq!(completed.len(), 1, "{completed:?}");
-    assert_eq!(completed[0].result.as_deref(), Some("ABANDON"));
-    let tags = instance_tags(&world, &inst).await;
-    let reason = &tags["kafka-agent:failure"];
+    let reason = told_failure(&world, &inst, &stack).await;
     assert!(reason.starts_with("not_ready: broker 0"), "{reason}");
 }
 
@@ -486,16 +491,7 @@ async fn a_failed_boot_tells_the_stack_and_abandons_the_launch() {
     let stack = stack(&format!("s-{}", cluster.name)).await;
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
     // A live instance holds the id's ENI: the boot fails `resource_in_use` at its deadline.
-    let squatter = world.launch("a", &[]).await.unwrap();
-    world
-        .ec2
-        .attach_network_interface()
-        .network_interface_id(&eni)
-        .instance_id(&squatter)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
+    let squatter = common::squat_eni(&world, &eni).await;
     let inst = world
         .launch(
             "a",
@@ -521,19 +517,7 @@ async fn a_failed_boot_tells_the_stack_and_abandons_the_launch() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(6), "{stderr}");
 
-    let signals = signals_for(&inst).await;
-    assert_eq!(signals.len(), 1, "{signals:?}");
-    assert_eq!(signals[0].status, "FAILURE");
-    assert_eq!(stack_status(&stack).await, "CREATE_FAILED");
-    let completed: Vec<_> = lifecycle_for(&inst)
-        .await
-        .into_iter()
-        .filter(|a| a.kind == "complete")
-        .collect();
-    assert_eq!(completed.len(), 1, "{completed:?}");
-    assert_eq!(completed[0].result.as_deref(), Some("ABANDON"));
-    let tags = instance_tags(&world, &inst).await;
-    let reason = &tags["kafka-agent:failure"];
+    let reason = told_failure(&world, &inst, &stack).await;
     assert!(
         reason.starts_with("resource_in_use:") && reason.contains(&squatter),
         "{reason}"

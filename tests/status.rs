@@ -180,16 +180,7 @@ async fn a_boot_that_met_a_live_holder_is_failed_naming_the_kind() {
     let mut cluster = Cluster::new(&world, Backend::Zk, 1, true);
     cluster.deadline = 10;
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
-    let squatter = world.launch("a", &[]).await.unwrap();
-    world
-        .ec2
-        .attach_network_interface()
-        .network_interface_id(&eni)
-        .instance_id(&squatter)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
+    let squatter = common::squat_eni(&world, &eni).await;
     let inst = world.launch("a", &[]).await.unwrap();
     let out = boot(&cluster, &world, &inst).await;
     assert_eq!(

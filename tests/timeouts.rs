@@ -205,16 +205,7 @@ async fn one_deadline_spans_the_steps_of_a_boot() {
     cluster.deadline = 12;
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
     // A live instance holds the id's ENI: attach waits for it until the deadline.
-    let squatter = world.launch("a", &[]).await.unwrap();
-    world
-        .ec2
-        .attach_network_interface()
-        .network_interface_id(&eni)
-        .instance_id(&squatter)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
+    let squatter = common::squat_eni(&world, &eni).await;
     let inst = world.launch("a", &[]).await.unwrap();
 
     // ZooKeeper is down for the first 6 s of the boot: the claim spends them.

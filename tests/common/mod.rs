@@ -313,6 +313,21 @@ impl Cluster {
     }
 }
 
+/// A live instance in AZ `a` that holds `eni` (device index 1); returns its id.
+pub async fn squat_eni(world: &World, eni: &str) -> String {
+    let squatter = world.launch("a", &[]).await.unwrap();
+    world
+        .ec2
+        .attach_network_interface()
+        .network_interface_id(eni)
+        .instance_id(&squatter)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    squatter
+}
+
 /// Sets the testbed's delays and faults for the world's agents (its scope).
 pub async fn configure(world: &World, settings: kafka_testbed::aws::ScopeSettings) {
     testbed::shared()
