@@ -114,36 +114,52 @@ async fn timed<T>(
 }
 
 /// Runs the boot; journals `boot.json` before the first step and after the last (or the
-/// failure). Returns the outcome and, if the boot got that far, the clients and identity (so
-/// a failure can still be reported to CloudFormation and the Auto Scaling group).
-pub async fn run(settings: &Settings, deadline: &Deadline) -> (Result<Booted>, Option<Ctx>) {
+/// failure). A failure is reported to CloudFormation and the lifecycle hook (when the boot got
+/// far enough to have clients and an identity) and returned unchanged for the exit code.
+pub async fn run(settings: &Settings, deadline: &Deadline) -> Result<Booted> {
     let mut j = BootJournal::started();
-    if let Err(e) = j.save(settings) {
-        return (Err(e), None);
-    }
+    j.save(settings)?;
     let mut ctx = None;
     let result = steps(settings, deadline, &mut j, &mut ctx).await;
     j.finished_unix = Some(now_unix());
-    match &result {
-        Ok(_) => j.outcome = "success".into(),
-        Err(e) => {
-            j.outcome = "failure".into();
-            j.error = Some(ErrorRecord {
-                kind: crate::exit::kind_for(e).to_string(),
-                message: format!("{e:#}"),
-            });
+    j.outcome = if result.is_ok() { "success" } else { "failure" }.into();
+    if let Err(e) = &result {
+        let error = ErrorRecord {
+            kind: crate::exit::kind_for(e).to_string(),
+            message: format!("{e:#}"),
+        };
+        if let Some(ctx) = &ctx {
+            report(settings, ctx, &error).await;
         }
+        j.error = Some(error);
     }
     if let Err(e) = j.save(settings) {
         tracing::warn!(error = %format!("{e:#}"), "cannot journal the boot's outcome");
     }
-    (result, ctx)
+    result
+}
+
+/// How long a failed boot may spend reporting its failure, past its deadline if need be.
+const REPORT_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Tells CloudFormation and the lifecycle hook the truth before exiting, with a few seconds of
+/// its own (the boot's deadline may be spent).
+async fn report(settings: &Settings, ctx: &Ctx, error: &ErrorRecord) {
+    let outcome = crate::signal::Outcome::Failure {
+        kind: error.kind.clone(),
+        message: error.message.clone(),
+    };
+    let until = Instant::now() + REPORT_BUDGET;
+    match crate::signal::send(settings, &ctx.clients, &ctx.me, &outcome, until).await {
+        Ok(sent) => tracing::info!(?sent, "reported the failure"),
+        Err(r) => tracing::warn!(error = %format!("{r:#}"), "could not report the failure"),
+    }
 }
 
 /// The clients and identity of a boot that got past its start.
-pub struct Ctx {
-    pub clients: Clients,
-    pub me: crate::aws::imds::Identity,
+struct Ctx {
+    clients: Clients,
+    me: crate::aws::imds::Identity,
 }
 
 async fn steps(

@@ -76,23 +76,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Boot => {
             let (settings, deadline) = load(&cli.config)?;
-            let (result, ctx) = crate::boot::run(&settings, &deadline).await;
-            if let (Err(e), Some(ctx)) = (&result, ctx) {
-                // Tell CloudFormation and the lifecycle hook the truth before exiting: with a
-                // few seconds of its own, since the boot's deadline may be spent.
-                let outcome = crate::signal::Outcome::Failure {
-                    kind: crate::exit::kind_for(e).to_string(),
-                    message: format!("{e:#}"),
-                };
-                let until = std::time::Instant::now() + REPORT_BUDGET;
-                match crate::signal::send(&settings, &ctx.clients, &ctx.me, &outcome, until).await {
-                    Ok(sent) => tracing::info!(?sent, "reported the failure"),
-                    Err(r) => {
-                        tracing::warn!(error = %format!("{r:#}"), "could not report the failure")
-                    }
-                }
-            }
-            let done = result?;
+            let done = crate::boot::run(&settings, &deadline).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
         }
@@ -181,9 +165,6 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
     }
 }
-
-/// How long a failed boot may spend reporting its failure, past its deadline if need be.
-const REPORT_BUDGET: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// Loads the settings and starts the command's boot deadline; logs where the coordination
 /// service's address came from.
