@@ -17,17 +17,33 @@ pub fn ip(args: &[&str]) -> Result<String> {
 }
 
 /// Runs `ip` inside namespace `ns`.
+///
+/// Through nsenter, not `ip -n` or `ip netns exec`: those unshare the mount namespace (to
+/// remount /sys), so for as long as they run they hold a copy of every mount on the machine.
+/// A volume a test (or the agent) unmounts meanwhile keeps its superblock alive in that copy,
+/// and mounting it again with other flags fails with EBUSY.
 pub fn ip_in(ns: &str, args: &[&str]) -> Result<String> {
-    let mut all = vec!["-n", ns];
-    all.extend_from_slice(args);
-    run("ip", &all)
+    let out = command(ns, "ip")
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "`ip {}` in {ns} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Loads an nftables ruleset (`nft -f -`) inside namespace `ns`, as one transaction.
 pub fn nft_in(ns: &str, ruleset: &str) -> Result<()> {
     use std::io::Write;
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
+    let mut child = command(ns, "nft")
+        .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
