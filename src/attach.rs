@@ -17,6 +17,7 @@
 //! invalid device name, an attachment point in use by another volume) fails at once. A rerun
 //! on a finished node only describes: no mutating call.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -164,6 +165,10 @@ pub struct Attached {
     /// ENI: its private IPs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
+    /// Its tags as EC2 last described them, handed to the mount step of the same boot (a
+    /// volume's state tag) so that it does not ask again.
+    #[serde(skip)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The outcome of the step.
@@ -231,7 +236,12 @@ async fn observe(
     me: &Identity,
     kind: Kind,
     resource: &str,
-) -> Result<(Holder, Option<String>, Vec<String>)> {
+) -> Result<(
+    Holder,
+    Option<String>,
+    Vec<String>,
+    BTreeMap<String, String>,
+)> {
     let r = clients.ec2.describe(kind, resource).await?;
     let (holder, attachment) = match r.attachment {
         None => (Holder::Nobody, None),
@@ -248,7 +258,7 @@ async fn observe(
             )
         }
     };
-    Ok((holder, attachment, r.ips))
+    Ok((holder, attachment, r.ips, r.tags))
 }
 
 async fn attach_call(
@@ -329,7 +339,7 @@ async fn converge(
     let mut accepted: Option<Instant> = None;
     loop {
         let step = async {
-            let (holder, attachment, ips) = observe(clients, me, kind, resource).await?;
+            let (holder, attachment, ips, tags) = observe(clients, me, kind, resource).await?;
             let since = match &seen {
                 Some((h, since)) if *h == holder => *since,
                 _ => {
@@ -349,10 +359,10 @@ async fn converge(
                 action => action,
             };
             tracing::debug!(resource, ?holder, ?action, "attach plan");
-            Ok::<_, anyhow::Error>((action, attachment, ips))
+            Ok::<_, anyhow::Error>((action, attachment, ips, tags))
         }
         .await;
-        let (action, attachment, ips) = match step {
+        let (action, attachment, ips, tags) = match step {
             Ok(v) => v,
             Err(e) if is_transient(&e) => {
                 tracing::warn!(resource, error = %format!("{e:#}"), "retrying");
@@ -379,6 +389,7 @@ async fn converge(
                 id: resource.to_string(),
                 how: said,
                 ips,
+                tags,
             });
         }
         let result = match &action {
@@ -387,6 +398,7 @@ async fn converge(
                     id: resource.to_string(),
                     how: how.to_string(),
                     ips,
+                    tags,
                 });
             }
             Action::Attach => {
@@ -454,16 +466,22 @@ pub fn claimed(settings: &Settings) -> Result<Claim> {
     crate::journal::read(&settings.paths.state_dir, "claim")
 }
 
-/// Runs the attach step for the claimed id; every wait ends by `deadline`.
+/// Runs the attach step for the claimed id (`handed` by the claim step of the same boot, else
+/// read from its journal); every wait ends by `deadline`.
 pub async fn run(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
+    handed: Option<&Claim>,
     dry_run: bool,
     deadline: Instant,
 ) -> Result<Attachment> {
     let started = Instant::now();
-    let claim = claimed(settings)?;
+    let claim = match handed {
+        Some(c) => c.clone(),
+        None => claimed(settings)?,
+    };
+    let found = &claim.resources;
     if claim.instance_id != me.instance_id {
         bail!(
             "{} holds a claim of {}, not of this instance {}: run `kafka-agent claim`",
@@ -477,8 +495,11 @@ pub async fn run(
         if !wanted {
             return Ok(None);
         }
-        let resource =
-            retry_transient(deadline, || find_one(settings, clients, me, kind, id)).await?;
+        // The claim's eligibility check found it a moment ago in this boot; else look.
+        let resource = match found.of(kind) {
+            Some(r) => r.to_string(),
+            None => retry_transient(deadline, || find_one(settings, clients, me, kind, id)).await?,
+        };
         converge(settings, clients, me, kind, &resource, deadline, dry_run)
             .await
             .map(Some)

@@ -188,7 +188,10 @@ async fn steps(
     let attach = timed(
         j,
         "attach",
-        deadline.run("attach", attach::run(settings, &clients, &me, false, at)),
+        deadline.run(
+            "attach",
+            attach::run(settings, &clients, &me, Some(&claim), false, at),
+        ),
     )
     .await?;
     // The volume and the ENI are independent: mount and route side by side.
@@ -196,7 +199,7 @@ async fn steps(
     let mount = async {
         let started = Instant::now();
         let r = if settings.resources.volume {
-            let step = storage::mount::run_step(settings, &clients, at);
+            let step = storage::mount::run_step(settings, &clients, Some(&attach), at);
             deadline
                 .run("mount", step)
                 .await
@@ -209,7 +212,7 @@ async fn steps(
     let route = async {
         let started = Instant::now();
         let r = if settings.resources.eni {
-            let step = network::run_step(settings, at);
+            let step = network::run_step(settings, Some(&attach), at);
             deadline
                 .run("route", step)
                 .await

@@ -111,7 +111,12 @@ mod tests {
             })
             .await;
         let e = r.unwrap_err();
-        assert!(started.elapsed() < Duration::from_millis(100) + GRACE + GRACE);
+        // Cut short, not left to hang (the bound leaves room for a loaded machine).
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(crate::exit::kind_for(&e), "timeout");
         let text = format!("{e:#}");
         assert!(

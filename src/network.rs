@@ -85,8 +85,10 @@ pub async fn apply(facts: &EniFacts, deadline: Instant) -> Result<Routed> {
     let (conn, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
     tokio::spawn(conn);
     let mac = mac_bytes(&facts.mac)?;
-    let mut backoff = crate::backoff::Backoff::new(
-        Duration::from_millis(50),
+    // A netlink dump of the links is cheap: look often while the interface is due.
+    let mut backoff = crate::backoff::Backoff::steady(
+        Duration::from_millis(10),
+        Duration::from_secs(3),
         Duration::from_millis(500),
         deadline,
     );
@@ -206,20 +208,36 @@ pub async fn apply(facts: &EniFacts, deadline: Instant) -> Result<Routed> {
 }
 
 /// Runs the network step for the attached ENI; every wait ends by `deadline`.
-pub async fn run_step(settings: &Settings, deadline: Instant) -> Result<Routed> {
-    let attached: serde_json::Value = crate::journal::read(&settings.paths.state_dir, "attach")?;
-    let eni = attached["eni"]["id"]
-        .as_str()
-        .context("the attach journal names no ENI")?;
+pub async fn run_step(
+    settings: &Settings,
+    handed: Option<&crate::attach::Attachment>,
+    deadline: Instant,
+) -> Result<Routed> {
+    let (eni, ips) = match handed {
+        Some(a) => {
+            let e = a.eni.as_ref().context("the attach step attached no ENI")?;
+            (e.id.clone(), e.ips.clone())
+        }
+        None => {
+            let attached: serde_json::Value =
+                crate::journal::read(&settings.paths.state_dir, "attach")?;
+            let eni = attached["eni"]["id"]
+                .as_str()
+                .context("the attach journal names no ENI")?
+                .to_string();
+            let ips = attached["eni"]["ips"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| Some(ip.as_str()?.to_string()))
+                .collect();
+            (eni, ips)
+        }
+    };
     // The addresses EC2 reported at attach: IMDS must list them before they are routed.
-    let expected: Vec<Ipv4Addr> = attached["eni"]["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip.as_str()?.parse().ok())
-        .collect();
+    let expected: Vec<Ipv4Addr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
     let facts = crate::aws::imds::Imds::new()
-        .eni_facts(eni, &expected, deadline)
+        .eni_facts(&eni, &expected, deadline)
         .await?;
     let routed = apply(&facts, deadline).await?;
     crate::journal::record(&settings.paths.state_dir, "network", &routed)?;

@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{Filter, Tag};
 use super::{aws_error, is_race};
 
 /// The two kinds of resource an id owns besides its number.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ResourceKind {
     Eni,
     Volume,

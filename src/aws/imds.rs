@@ -105,8 +105,12 @@ impl Imds {
         expected: &[Ipv4Addr],
         deadline: Instant,
     ) -> Result<EniFacts> {
-        let mut backoff = crate::backoff::Backoff::new(
-            Duration::from_millis(100),
+        // Steady at 50 ms for a few seconds: a look is a handful of requests, well within
+        // IMDS's limit of 1024 packets per second per ENI ("Query throttling",
+        // https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html).
+        let mut backoff = crate::backoff::Backoff::steady(
+            Duration::from_millis(50),
+            Duration::from_secs(3),
             Duration::from_secs(1),
             deadline,
         );

@@ -274,6 +274,27 @@ pub struct Claim {
     pub az: String,
     /// How long the step took, from start to the claim held and journalled.
     pub elapsed_ms: u64,
+    /// The id's ENI and volume in this AZ as the eligibility check found them, handed to the
+    /// attach step of the same boot so that it does not ask EC2 again (not journalled: a later
+    /// run looks afresh).
+    #[serde(skip)]
+    pub resources: Resources,
+}
+
+/// The one ENI and the one volume tagged for an id in this AZ, where exactly one was found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resources {
+    pub eni: Option<String>,
+    pub volume: Option<String>,
+}
+
+impl Resources {
+    pub fn of(&self, kind: ResourceKind) -> Option<&str> {
+        match kind {
+            ResourceKind::Eni => self.eni.as_deref(),
+            ResourceKind::Volume => self.volume.as_deref(),
+        }
+    }
 }
 
 /// The ledger behind the claims.
@@ -354,6 +375,8 @@ struct Memory {
     known: BTreeMap<String, Liveness>,
     /// The eligibility found at the first look (tags do not change during a boot).
     ineligible: Option<BTreeMap<u32, String>>,
+    /// Each eligible id's resources in this AZ, from the same look.
+    resources: Option<BTreeMap<u32, Resources>>,
 }
 
 impl Memory {
@@ -361,6 +384,7 @@ impl Memory {
     fn forget_but_tags(self) -> Memory {
         Memory {
             ineligible: self.ineligible,
+            resources: self.resources,
             ..Memory::default()
         }
     }
@@ -375,9 +399,9 @@ async fn observe(
     memory: &mut Memory,
 ) -> Result<Observation> {
     let ids: Vec<u32> = settings.cluster.ids().collect();
-    let ineligible = match &memory.ineligible {
-        Some(i) => i.clone(),
-        None => eligibility(settings, clients, me, &ids).await?,
+    let (ineligible, resources) = match (&memory.ineligible, &memory.resources) {
+        (Some(i), Some(r)) => (i.clone(), r.clone()),
+        _ => eligibility(settings, clients, me, &ids).await?,
     };
     let initial = memory.initial.clone();
     let is_initial = move |id: u32| initial.as_ref().is_none_or(|i| i.contains(&id));
@@ -397,6 +421,7 @@ async fn observe(
     if memory.initial.is_none() {
         memory.initial = Some(slots.keys().copied().collect());
         memory.ineligible = Some(ineligible.clone());
+        memory.resources = Some(resources);
     }
     let known = &mut memory.known;
     // Ask EC2 only about owners not seen yet in this run.
@@ -439,22 +464,26 @@ async fn observe(
     })
 }
 
-/// Ids whose tagged resources rule them out for this instance, with the reason.
+/// Ids whose tagged resources rule them out for this instance, with the reason; and the
+/// resources of the others.
 async fn eligibility(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
     ids: &[u32],
-) -> Result<BTreeMap<u32, String>> {
+) -> Result<(BTreeMap<u32, String>, BTreeMap<u32, Resources>)> {
     let mut out = BTreeMap::new();
+    let mut resources: BTreeMap<u32, Resources> = BTreeMap::new();
     let res = &settings.resources;
     if !res.eni && !res.volume {
-        return Ok(out);
+        return Ok((out, resources));
     }
     let tags = &settings.tags;
     let selector = settings.resource_tags(None);
     // id -> kind -> AZs
     let mut found: BTreeMap<u32, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
+    // id -> kind -> the resources in this AZ
+    let mut here: BTreeMap<(u32, ResourceKind), Vec<String>> = BTreeMap::new();
     for (kind, wanted) in [
         (ResourceKind::Eni, res.eni),
         (ResourceKind::Volume, res.volume),
@@ -465,6 +494,9 @@ async fn eligibility(
         for r in clients.ec2.tagged(kind, &selector, None).await? {
             let id = r.tags.get(&tags.id_key).and_then(|v| tags.parse_id(v));
             if let Some(id) = id {
+                if r.az == me.az {
+                    here.entry((id, kind)).or_default().push(r.id.clone());
+                }
                 found
                     .entry(id)
                     .or_default()
@@ -494,7 +526,16 @@ async fn eligibility(
             out.insert(*id, why.join(", "));
         }
     }
-    Ok(out)
+    for ((id, kind), found) in here {
+        if let [one] = found.as_slice() {
+            let r = resources.entry(id).or_default();
+            match kind {
+                ResourceKind::Eni => r.eni = Some(one.clone()),
+                ResourceKind::Volume => r.volume = Some(one.clone()),
+            }
+        }
+    }
+    Ok((out, resources))
 }
 
 /// EC2 keeps a terminated instance visible for about an hour; a claim older than this whose
@@ -791,6 +832,13 @@ impl<'a> Claimer<'a> {
             instance_id: self.me.instance_id.clone(),
             az: self.me.az.clone(),
             elapsed_ms: 0,
+            resources: self
+                .memory
+                .resources
+                .as_ref()
+                .and_then(|r| r.get(&id))
+                .cloned()
+                .unwrap_or_default(),
         }
     }
 

@@ -152,6 +152,11 @@ pub struct Format {
     pub state: String,
 }
 
+/// The device of a volume EC2 reports attached shows up within moments (NVMe hot-plug, then
+/// udev): sysfs is read every 10 ms for the first seconds, then less often.
+const DEVICE_POLL: Duration = Duration::from_millis(10);
+const DEVICE_STEADY: Duration = Duration::from_secs(3);
+
 const FORMAT: &str = "format";
 const FORMATTING: &str = "formatting";
 const FORMATTED: &str = "formatted";
@@ -239,26 +244,50 @@ pub fn fstab_with(current: &str, line: &str, mount_point: &str) -> String {
     text
 }
 
-/// Runs the storage step for the attached volume; every wait ends by `deadline`.
+/// Runs the storage step for the attached volume (`handed` by the attach step of the same
+/// boot, else read from its journal); every wait ends by `deadline`.
 pub async fn run_step(
     settings: &Settings,
     clients: &Clients,
+    handed: Option<&crate::attach::Attachment>,
     deadline: Instant,
 ) -> Result<Mounted> {
     let st = &settings.storage;
-    let attached: serde_json::Value = crate::journal::read(&settings.paths.state_dir, "attach")?;
-    let volume = attached["volume"]["id"]
-        .as_str()
-        .context("the attach journal names no volume")?
-        .to_string();
-    let id = attached["broker_id"]
-        .as_u64()
-        .context("the attach journal names no id")? as u32;
+    // The state tag as the attach step last described it, when handed over.
+    let (volume, id, known_state) = match handed {
+        Some(a) => {
+            let v = a
+                .volume
+                .as_ref()
+                .context("the attach step attached no volume")?;
+            (
+                v.id.clone(),
+                a.broker_id,
+                Some(v.tags.get(&st.state_tag).cloned()),
+            )
+        }
+        None => {
+            let attached: serde_json::Value =
+                crate::journal::read(&settings.paths.state_dir, "attach")?;
+            let volume = attached["volume"]["id"]
+                .as_str()
+                .context("the attach journal names no volume")?
+                .to_string();
+            let id = attached["broker_id"]
+                .as_u64()
+                .context("the attach journal names no id")? as u32;
+            (volume, id, None)
+        }
+    };
 
     // The device: wait for it to appear.
     let root = mounts().into_iter().find(|m| m.point == "/").map(|m| m.dev);
-    let mut backoff =
-        crate::backoff::Backoff::new(Duration::from_millis(50), Duration::from_secs(1), deadline);
+    let mut backoff = crate::backoff::Backoff::steady(
+        DEVICE_POLL,
+        DEVICE_STEADY,
+        Duration::from_secs(1),
+        deadline,
+    );
     let dev = loop {
         let devices = device::list(&st.sysfs_root, &st.dev_root)?;
         let found = device::find(
@@ -281,7 +310,10 @@ pub async fn run_step(
     let mut how = "mounted";
     let what = format!("{volume} ({})", dev.path.display());
     let state_dir = &settings.paths.state_dir;
-    let state = retry_transient(deadline, || volume_state(clients, settings, &volume)).await?;
+    let state = match known_state {
+        Some(s) => s,
+        None => retry_transient(deadline, || volume_state(clients, settings, &volume)).await?,
+    };
     let is_new = state.as_deref() == Some("new");
     let begun = crate::journal::read_if_any::<Format>(state_dir, FORMAT)?
         .filter(|f| f.volume == volume && f.state == FORMATTING);
