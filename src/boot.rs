@@ -258,6 +258,18 @@ async fn steps(
         let done = result?;
         journal::record(&settings.paths.state_dir, "render", &done)?;
         tracing::info!(path = %done.path.display(), changed = done.changed, "rendered");
+        // KRaft: a new log directory is formatted with the rendered file.
+        if let Some(kraft) = settings.kafka.as_ref().and_then(|k| k.kraft.as_ref()) {
+            let volume = attach
+                .volume
+                .as_ref()
+                .map_or("the instance's disk", |v| v.id.as_str());
+            let started = Instant::now();
+            let result = storage::kraft::run(settings, kraft, &done.path, volume, claim.id);
+            j.step("format", started, &result);
+            let f = result?;
+            tracing::info!(log_dir = %f.log_dir.display(), state = %f.state, "KRaft log directory");
+        }
         Some(done)
     } else {
         None

@@ -306,6 +306,9 @@ impl Listener {
     }
 }
 
+/// Where the Kafka distribution keeps its storage tool on the project's AMI.
+pub const DEFAULT_FORMAT_COMMAND: [&str; 2] = ["/opt/kafka/bin/kafka-storage.sh", "format"];
+
 /// A KRaft node's part in the quorum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -318,6 +321,9 @@ pub enum ProcessRole {
 pub struct Kraft {
     /// broker, controller or both, in that order.
     pub process_roles: Vec<ProcessRole>,
+    /// `kafka-storage format` as argv (the agent appends `--config <rendered file>
+    /// --cluster-id <storage.cluster_id>`): run on a new, empty log directory only.
+    pub format_command: Vec<String>,
     /// The listener controllers serve on (`controller.listener.names`).
     pub controller_listener: String,
     pub quorum: Quorum,
@@ -395,6 +401,7 @@ struct RawKafka {
     controller_listener: Option<String>,
     quorum_voters: Option<Vec<String>>,
     quorum_bootstrap_servers: Option<Vec<String>>,
+    format_command: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -852,6 +859,15 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
             err,
         )?),
     };
+    // KRaft: a new log directory is formatted with the cluster id, and the identity gate
+    // checks data against it; without it neither can be done.
+    if kafka.as_ref().is_some_and(|k| k.kraft.is_some()) && storage.cluster_id.is_none() {
+        return Err(err(
+            "storage.cluster_id",
+            "is required with kafka.mode = \"kraft\" (kafka-storage format needs it, and the data on the volume is checked against it)"
+                .to_string(),
+        ));
+    }
     let signal = validate_signal(raw.signal, err)?;
     Ok(Settings {
         signal,
@@ -916,6 +932,7 @@ fn validate_kafka(
                 "kafka.quorum_bootstrap_servers",
                 raw.quorum_bootstrap_servers.is_some(),
             ),
+            ("kafka.format_command", raw.format_command.is_some()),
         ] {
             if set {
                 return Err(err(key, "is for mode \"kraft\" only".to_string()));
@@ -1149,7 +1166,25 @@ fn validate_kafka(
                 "the quorum is empty; expected at least one controller".to_string(),
             ));
         }
+        let format_command = raw.format_command.unwrap_or_else(|| {
+            DEFAULT_FORMAT_COMMAND
+                .iter()
+                .map(|a| a.to_string())
+                .collect()
+        });
+        if format_command
+            .first()
+            .is_none_or(|p| !Path::new(p).is_absolute())
+        {
+            return Err(err(
+                "kafka.format_command",
+                format!(
+                    "{format_command:?} does not start with an absolute path to kafka-storage.sh"
+                ),
+            ));
+        }
         Some(Kraft {
+            format_command,
             process_roles: roles,
             controller_listener: controller,
             quorum,
@@ -1426,6 +1461,33 @@ mod tests {
         )])
         .unwrap_err();
         assert!(e.message.contains("claim.backend"), "{e}");
+    }
+
+    #[test]
+    fn kraft_needs_a_cluster_id_and_an_absolute_format_command() {
+        let kraft = "[kafka]\nmode = \"kraft\"\nquorum_voters = [\"1@c1:9093\"]\n\
+                     [kafka.listeners.PLAINTEXT]\nport = 9092\nprotocol = \"PLAINTEXT\"\n\
+                     [kafka.listeners.CONTROLLER]\nport = 9093\nprotocol = \"PLAINTEXT\"\n";
+        let e = parse(&[src("/etc/a.toml", &format!("{BASE}{kraft}"))]).unwrap_err();
+        assert!(e.message.contains("storage.cluster_id"), "{e}");
+        let with_id = format!("{BASE}[storage]\ncluster_id = \"c1\"\n{kraft}");
+        let s = parse(&[src("/etc/a.toml", &with_id)]).unwrap();
+        assert_eq!(
+            s.kafka.unwrap().kraft.unwrap().format_command,
+            DEFAULT_FORMAT_COMMAND
+        );
+        let relative = with_id.replace(
+            "[kafka.listeners.PLAINTEXT]",
+            "format_command = [\"kafka-storage.sh\", \"format\"]\n[kafka.listeners.PLAINTEXT]",
+        );
+        let e = parse(&[src("/etc/a.toml", &relative)]).unwrap_err();
+        assert!(e.message.contains("kafka.format_command"), "{e}");
+        let zk_mode = format!(
+            "{BASE}[zookeeper]\nconnect = \"zk:2181\"\n\
+             [kafka]\nmode = \"zookeeper\"\nformat_command = [\"/bin/true\"]\n"
+        );
+        let e = parse(&[src("/etc/a.toml", &zk_mode)]).unwrap_err();
+        assert!(e.message.contains("kafka.format_command"), "{e}");
     }
 
     #[test]

@@ -162,3 +162,82 @@ async fn a_failed_boot_journals_its_kind_and_message() {
     // Logs at the default level are the agent's own: no ZooKeeper session chatter.
     assert!(!stderr.contains("zookeeper_client"), "{stderr}");
 }
+
+/// The stand-in kafka-storage's calls on a host (one line each).
+fn format_calls(world: &World, inst: &str) -> Vec<String> {
+    std::fs::read_to_string(world.host_dir(inst).join("etc/kafka/kafka-storage.calls"))
+        .map(|t| t.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn kraft_formats_a_new_log_directory_once_and_never_one_that_holds_data() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    let mut cluster = Cluster::new(&world, Backend::Zk, 1, true);
+    cluster.render = true;
+    cluster.kraft = Some("q1w2e3r4t5y6u7i8o9p0aa".into());
+    cluster.resources_for(&world, 0, "a").await;
+    let first = world.launch("a", &[]).await.unwrap();
+    let done = cluster.boot(&world, &first).await.unwrap();
+    assert_eq!(done["claim"]["id"], 0, "{done}");
+    let calls = format_calls(&world, &first);
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(
+        calls[0].contains("--cluster-id q1w2e3r4t5y6u7i8o9p0aa")
+            && calls[0].contains("server.properties"),
+        "{calls:?}"
+    );
+    let logs = world.host_dir(&first).join("var/lib/kafka/kafka-logs");
+    let meta = std::fs::read_to_string(logs.join("meta.properties")).unwrap();
+    assert!(
+        meta.lines().any(|l| l == "node.id=0")
+            && meta
+                .lines()
+                .any(|l| l == "cluster.id=q1w2e3r4t5y6u7i8o9p0aa"),
+        "{meta}"
+    );
+    let journal = boot_journal(&world, &first);
+    assert!(
+        journal["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "format" && s["outcome"] == "ok"),
+        "{journal}"
+    );
+
+    // A rerun does not format again.
+    cluster.boot(&world, &first).await.unwrap();
+    assert_eq!(format_calls(&world, &first).len(), 1);
+
+    // The replacement finds the formatted directory: its meta.properties is kept as it is.
+    world.terminate(&first).await.unwrap();
+    let second = world.launch("a", &[]).await.unwrap();
+    cluster.boot(&world, &second).await.unwrap();
+    assert!(format_calls(&world, &second).is_empty());
+    let logs2 = world.host_dir(&second).join("var/lib/kafka/kafka-logs");
+    assert_eq!(
+        std::fs::read_to_string(logs2.join("meta.properties")).unwrap(),
+        meta
+    );
+
+    // A log directory that holds data but lost its meta.properties is not new: refused, and
+    // nothing is run or written.
+    std::fs::remove_file(logs2.join("meta.properties")).unwrap();
+    std::fs::write(logs2.join("orders-0.log"), "records").unwrap();
+    world.terminate(&second).await.unwrap();
+    let third = world.launch("a", &[]).await.unwrap();
+    let (code, stderr) = cluster.boot(&world, &third).await.unwrap_err();
+    assert_eq!(code, 8, "{stderr}");
+    assert!(
+        stderr.contains("[unrecognised_data]") && stderr.contains("no meta.properties"),
+        "{stderr}"
+    );
+    assert!(format_calls(&world, &third).is_empty());
+    let logs3 = world.host_dir(&third).join("var/lib/kafka/kafka-logs");
+    assert!(!logs3.join("meta.properties").exists());
+    assert_eq!(
+        std::fs::read_to_string(logs3.join("orders-0.log")).unwrap(),
+        "records"
+    );
+}

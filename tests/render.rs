@@ -141,7 +141,7 @@ fn zookeeper_with_template() -> Case {
 
 fn kraft_combined() -> Case {
     let settings = settings(
-        "[kafka]\nmode = \"kraft\"\n\
+        "[storage]\ncluster_id = \"MkU3OEVBNTcwNTJENDM2Qk\"\n[kafka]\nmode = \"kraft\"\n\
          quorum_voters = [\"0@10.0.1.10:9093\", \"1@10.0.2.10:9093\", \"2@10.0.3.10:9093\"]\n",
     );
     let mut expected = builtin(false);
@@ -279,7 +279,7 @@ fn sasl_ssl() -> Case {
 /// needs escaping (a blank, `:`, `=` and a non-ASCII letter).
 fn dns_pattern() -> Case {
     let settings = settings(
-        "[kafka]\nmode = \"kraft\"\nprocess_roles = [\"broker\"]\n\
+        "[storage]\ncluster_id = \"MkU3OEVBNTcwNTJENDM2Qk\"\n[kafka]\nmode = \"kraft\"\nprocess_roles = [\"broker\"]\n\
          advertised_host = \"kafka-{id}.orders.internal.example\"\n\
          quorum_bootstrap_servers = [\"controller-0.orders.internal.example:9093\", \
          \"controller-1.orders.internal.example:9093\"]\n\

@@ -487,7 +487,8 @@ mod tests {
     fn settings(kafka: &str) -> Settings {
         let text = format!(
             "[cluster]\nname = \"orders\"\nrole = \"kafka\"\nsize = 3\n\
-             [zookeeper]\nconnect = \"zk1:2181,zk2:2181/kafka\"\n[kafka]\n{kafka}"
+             [zookeeper]\nconnect = \"zk1:2181,zk2:2181/kafka\"\n\
+             [storage]\ncluster_id = \"c1\"\n[kafka]\n{kafka}"
         );
         crate::config::parse(&[(PathBuf::from("/etc/a.toml"), text)]).unwrap()
     }

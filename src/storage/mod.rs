@@ -8,6 +8,7 @@ use crate::config::Role;
 
 pub mod device;
 pub mod gate;
+pub mod kraft;
 pub mod mount;
 
 /// The directory below the volume's mount (`storage.data_dir`) that the rendered

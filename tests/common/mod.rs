@@ -1,7 +1,7 @@
 //! Helpers shared by the step tests: a cluster's agent configuration on a testbed world.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use kafka_agent::claim::{Record, cloudwatch::stream_name};
 use kafka_testbed::{self as testbed, World};
@@ -29,6 +29,15 @@ pub struct Cluster {
     /// Render server.properties (a `[kafka]` table, zookeeper mode) to the host's
     /// `etc/kafka/server.properties`.
     pub render: bool,
+    /// KRaft instead of zookeeper mode when rendering: a broker-only node of a static quorum,
+    /// its log directory formatted by the testbed's stand-in `kafka-storage.sh`, with this
+    /// cluster id (`storage.cluster_id`).
+    pub kraft: Option<String>,
+}
+
+/// The testbed's stand-in for Kafka's `bin/kafka-storage.sh`.
+pub fn standin_kafka_storage() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("testbed/standin/kafka-storage.sh")
 }
 
 impl Cluster {
@@ -47,6 +56,7 @@ impl Cluster {
             zk_ports: testbed::shared().zookeeper.client_ports(),
             digest: None,
             render: false,
+            kraft: None,
         }
     }
 
@@ -83,7 +93,7 @@ impl Cluster {
              [claim]\nbackend = \"{backend}\"\n\n\
              [resources]\neni = {r}\nvolume = {r}\n\n\
              [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
-             sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
+             sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n{cluster_id}\n\
              [zookeeper]\nconnect = \"{connect}{chroot}\"\n{digest}{kafka}",
             host = host.display(),
             name = self.name,
@@ -98,7 +108,22 @@ impl Cluster {
             r = self.resources,
             connect = connect.join(","),
             chroot = self.chroot(),
-            kafka = if self.render {
+            cluster_id = self
+                .kraft
+                .as_ref()
+                .map(|c| format!("cluster_id = \"{c}\"\n"))
+                .unwrap_or_default(),
+            kafka = if self.render && self.kraft.is_some() {
+                format!(
+                    "\n[kafka]\nmode = \"kraft\"\noutput = \"{}\"\n\
+                     process_roles = [\"broker\"]\nquorum_voters = [\"9@10.9.9.9:9093\"]\n\
+                     format_command = [\"{}\", \"format\"]\n\
+                     [kafka.listeners.PLAINTEXT]\nport = 9092\nprotocol = \"PLAINTEXT\"\n\
+                     [kafka.listeners.CONTROLLER]\nport = 9093\nprotocol = \"PLAINTEXT\"\n",
+                    host.join("etc/kafka/server.properties").display(),
+                    standin_kafka_storage().display()
+                )
+            } else if self.render {
                 format!(
                     "\n[kafka]\nmode = \"zookeeper\"\noutput = \"{}\"\n",
                     host.join("etc/kafka/server.properties").display()
