@@ -361,15 +361,22 @@ async fn a_run_killed_after_its_read_only_mount_converges_to_a_writable_one() {
     cluster.mount(&world, &inst).await.unwrap();
     std::fs::write(data(&world, &inst).join("meta.properties"), "node.id=0\n").unwrap();
     nix::mount::umount(&data(&world, &inst)).unwrap();
-    // What a run killed between the gate's read-only mount and the remount leaves.
-    nix::mount::mount(
+    // What a run killed between the gate's read-only mount and the remount leaves. The
+    // filesystem may stay alive for a moment after the umount in a copy of the mount table
+    // that a process started meanwhile holds (`ip -n` and `ip netns exec` make one; the
+    // testbed no longer uses them, tools run by hand on the machine might): EBUSY until then.
+    let mut tries = 0;
+    while let Err(e) = nix::mount::mount(
         Some(&device(&world, &inst)),
         &data(&world, &inst),
         Some("xfs"),
         nix::mount::MsFlags::MS_RDONLY,
         None::<&str>,
-    )
-    .unwrap();
+    ) {
+        tries += 1;
+        assert!(e == nix::errno::Errno::EBUSY && tries < 50, "{e}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     let m = cluster.mount(&world, &inst).await.unwrap();
     assert_eq!(m["how"], "mounted", "{m}");
     std::fs::write(data(&world, &inst).join("00000.log"), "writable").unwrap();

@@ -204,6 +204,17 @@ struct Mount {
     read_only: bool,
 }
 
+/// Options of the identity gate's read-only look: no journal recovery, which would write
+/// (`norecovery`, xfs(5); `noload`, ext4(5)). A journal left dirty by a crash is replayed by the
+/// read-write mount that follows, and the gate looks again.
+fn look_options(fs: &str) -> Option<&'static str> {
+    match fs {
+        "xfs" => Some("norecovery"),
+        "ext4" => Some("noload"),
+        _ => None,
+    }
+}
+
 /// Every mount of this process's namespace.
 fn mounts() -> Vec<Mount> {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -359,49 +370,67 @@ pub async fn run_step(
         )?;
     }
 
-    // Mounted read-only first: the identity gate looks before anything writes to the volume.
+    // The identity gate looks before anything writes to the volume: through a read-only
+    // mount that also leaves the journal alone (a plain read-only XFS mount still writes its
+    // log and superblock), then again once the read-write mount has replayed the journal.
     let data_dir = st.data_dir.to_string_lossy().into_owned();
     let mounted = mounts()
         .into_iter()
         .find(|m| m.dev == dev.dev && m.point == data_dir);
-    if mounted.is_none() {
-        std::fs::create_dir_all(&st.data_dir).with_context(|| format!("creating {data_dir}"))?;
-        nix::mount::mount(
-            Some(&dev.path),
-            &st.data_dir,
-            Some(fs.as_str()),
-            MsFlags::MS_NOATIME | MsFlags::MS_RDONLY,
-            None::<&str>,
-        )
-        .with_context(|| format!("mounting {what} read-only at {data_dir}"))?;
-    }
-
-    // The identity gate, where the rendered configuration will point (log.dirs, dataDir) and
-    // at the mount itself.
     let role = settings.cluster.role;
+    // Where the rendered configuration will point (log.dirs, dataDir), and the mount itself.
     let dirs = [st.data_dir.clone(), super::data_dir(role, &st.data_dir)];
-    let refused: Option<anyhow::Error> = match gate::read(role, &dirs) {
-        Ok(found) => gate::refusal(&volume, &found, id, st.cluster_id.as_deref())
-            .map(|why| StorageError::IdentityMismatch(why).into()),
-        Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
-    };
-    if let Some(err) = refused {
-        if mounted.is_none() {
-            let _ = nix::mount::umount(&st.data_dir);
+    let refusal = || -> Option<anyhow::Error> {
+        match gate::read(role, &dirs) {
+            Ok(found) => gate::refusal(&volume, &found, id, st.cluster_id.as_deref())
+                .map(|why| StorageError::IdentityMismatch(why).into()),
+            Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
         }
-        return Err(err);
-    }
+    };
+    let unmount =
+        || nix::mount::umount(&st.data_dir).with_context(|| format!("unmounting {data_dir}"));
     match &mounted {
-        Some(m) if !m.read_only => how = "already",
+        Some(m) if !m.read_only => {
+            how = "already";
+            if let Some(err) = refusal() {
+                return Err(err);
+            }
+        }
         _ => {
+            if mounted.is_some() {
+                // A look left by a run killed before its read-write mount.
+                unmount()?;
+            }
+            std::fs::create_dir_all(&st.data_dir)
+                .with_context(|| format!("creating {data_dir}"))?;
             nix::mount::mount(
                 Some(&dev.path),
                 &st.data_dir,
                 Some(fs.as_str()),
-                MsFlags::MS_REMOUNT | MsFlags::MS_NOATIME,
+                MsFlags::MS_NOATIME | MsFlags::MS_RDONLY,
+                look_options(&fs),
+            )
+            .with_context(|| {
+                format!("mounting {what} read-only, without journal recovery, at {data_dir}")
+            })?;
+            let refused = refusal();
+            unmount()?;
+            if let Some(err) = refused {
+                return Err(err);
+            }
+            nix::mount::mount(
+                Some(&dev.path),
+                &st.data_dir,
+                Some(fs.as_str()),
+                MsFlags::MS_NOATIME,
                 None::<&str>,
             )
-            .with_context(|| format!("remounting {what} read-write at {data_dir}"))?;
+            .with_context(|| format!("mounting {what} read-write at {data_dir}"))?;
+            // What a crashed writer left in the journal shows only now that it is replayed.
+            if let Some(err) = refusal() {
+                let _ = unmount();
+                return Err(err);
+            }
         }
     }
 
