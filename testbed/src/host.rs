@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use super::aws;
+use super::cloudinit::{self, HostBoot, Processes};
 use super::hypervisor::{Guard, Layout, Physical, release_volume};
 use super::imds::Imds;
 use super::netns;
@@ -22,6 +23,9 @@ pub(crate) struct Host {
     pub(crate) dir: PathBuf,
     pub(crate) imds: Arc<Imds>,
     pub(crate) imds_task: tokio::task::JoinHandle<()>,
+    /// What its boot started (see [`super::cloudinit`]).
+    pub(crate) procs: Processes,
+    pub(crate) shutting_down: bool,
 }
 
 pub(crate) fn boot(
@@ -75,6 +79,26 @@ pub(crate) fn boot(
             ips: vec![ip.to_string()],
         },
     );
+    let procs = Processes::default();
+    if let Some(spec) = p.boot.clone() {
+        let aws_endpoint = format!("http://{}:{}", subnet.gateway, l.moto_port);
+        let admin = super::aws::sdk_config(
+            &format!("http://127.0.0.1:{}", l.moto_port),
+            &format!("{}-admin", l.world),
+        );
+        let host = HostBoot {
+            instance_id: info.id.clone(),
+            dir: dir.clone(),
+            ns: ns.clone(),
+            aws_endpoint,
+            user_data: None,
+        };
+        let procs = procs.clone();
+        rt.spawn(async move {
+            let user_data = user_data(&admin, &host.instance_id).await;
+            cloudinit::boot(spec, HostBoot { user_data, ..host }, procs).await;
+        });
+    }
     p.hosts.insert(
         info.id.clone(),
         Host {
@@ -83,9 +107,27 @@ pub(crate) fn boot(
             dir,
             imds,
             imds_task,
+            procs,
+            shutting_down: false,
         },
     );
     Ok(())
+}
+
+/// The instance's user data (DescribeInstanceAttribute, base64), if it has any.
+async fn user_data(config: &aws_config::SdkConfig, instance_id: &str) -> Option<String> {
+    let ec2 = aws_sdk_ec2::Client::new(config);
+    let out = ec2
+        .describe_instance_attribute()
+        .instance_id(instance_id)
+        .attribute(aws_sdk_ec2::types::InstanceAttributeName::UserData)
+        .send()
+        .await
+        .ok()?;
+    let encoded = out.user_data()?.value()?;
+    let bytes = cloudinit::base64(encoded)?;
+    let text = String::from_utf8(bytes).ok()?;
+    (!text.is_empty()).then_some(text)
 }
 
 /// Takes a host down: its mounts, loop devices, interfaces and IMDS go away.
@@ -116,6 +158,7 @@ pub(crate) fn halt(p: &mut Physical, instance_id: &str) {
     }
     p.enis.retain(|_, e| e.instance_id != instance_id);
     host.imds_task.abort();
+    host.procs.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = netns::delete(&host.ns);
 }
 

@@ -38,6 +38,8 @@ pub(crate) struct Physical {
     pub(crate) guards: BTreeMap<String, Guard>,
     /// The guards as last loaded into the router namespace.
     loaded_guards: Option<BTreeMap<String, Guard>>,
+    /// What a new host runs at boot (none: it idles; tests run the agent by hand).
+    pub(crate) boot: Option<Arc<super::cloudinit::BootSpec>>,
 }
 
 /// What may leave through one bridge port: frames from the ENI's MAC, IPv4 packets from its
@@ -94,6 +96,8 @@ pub(crate) struct Layout {
     pub(crate) vpc_ns: String,
     pub(crate) scope: String,
     pub(crate) subnets: Vec<Subnet>,
+    /// moto's port on this machine (hosts reach it at their subnet's gateway).
+    pub(crate) moto_port: u16,
 }
 
 /// The hypervisor's loop: every 100 ms, brings the physical side in line with the VPC's
@@ -152,6 +156,17 @@ fn reconcile(
         .collect();
     for h in gone {
         halt(p, &h);
+    }
+    // The OS of an instance shutting down stops its services (SIGTERM), as systemd would.
+    for (id, info) in &running {
+        if info.state == "shutting-down"
+            && let Some(host) = p.hosts.get_mut(*id)
+            && !host.shutting_down
+        {
+            host.shutting_down = true;
+            host.procs.signal(nix::sys::signal::Signal::SIGTERM);
+            super::cloudinit::note(&host.dir, "shutdown");
+        }
     }
     for (id, info) in &running {
         if !p.hosts.contains_key(*id) {

@@ -107,7 +107,26 @@ impl World {
             vpc_ns: self.vpc_ns.clone(),
             scope: self.scope.clone(),
             subnets: self.subnets.clone(),
+            moto_port: self.moto_port,
         }
+    }
+
+    /// From now on every new host boots as the image `spec` describes: baked files,
+    /// cloud-init with the instance's user data, then the units (see [`crate::cloudinit`]).
+    pub fn boot_with(&self, spec: crate::cloudinit::BootSpec) {
+        self.phys.lock().unwrap().boot = Some(Arc::new(spec));
+    }
+
+    /// The host's boot events so far (`var/log/testbed-boot.log`): unix ms, event.
+    pub fn boot_events(&self, instance_id: &str) -> Vec<(u128, String)> {
+        std::fs::read_to_string(self.host_dir(instance_id).join("var/log/testbed-boot.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (t, e) = l.split_once(' ')?;
+                Some((t.parse().ok()?, e.to_string()))
+            })
+            .collect()
     }
 
     fn start_hypervisor(&self) {

@@ -1130,3 +1130,162 @@ async fn describe_volumes_shows_a_just_attached_volume_as_available_for_a_moment
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Launches an instance in AZ a with `user_data`, as an Auto Scaling Group's launch template
+/// would hand it over (RunInstances' base64).
+async fn launch_with_user_data(world: &World, user_data: &str) -> String {
+    let mut b64 = std::process::Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    b64.stdin
+        .take()
+        .unwrap()
+        .write_all(user_data.as_bytes())
+        .unwrap();
+    let encoded = String::from_utf8(b64.wait_with_output().unwrap().stdout).unwrap();
+    let out = world
+        .ec2
+        .run_instances()
+        .image_id("ami-12c6146b")
+        .instance_type(aws_sdk_ec2::types::InstanceType::M5Large)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&world.subnet("a").unwrap().id)
+        .user_data(encoded)
+        .send()
+        .await
+        .unwrap();
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+async fn boot_events_until(world: &World, inst: &str, last: &str) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<String> = world.boot_events(inst).into_iter().map(|e| e.1).collect();
+        if events.iter().any(|e| e.starts_with(last)) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "no `{last}` in {events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sleepers(tag: &str) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", tag])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+#[tokio::test]
+async fn user_data_runs_as_cloud_init_then_the_units_in_order() {
+    use kafka_testbed::cloudinit::{BootSpec, Unit};
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // A unique argument to find the long-running unit's process by.
+    let long = format!("sleep 3{}", rand::random_range(1000..9999u32));
+    let unit = |name: &str, script: &str, oneshot| Unit {
+        name: name.into(),
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        oneshot,
+    };
+    world.boot_with(BootSpec {
+        baked: vec![("/etc/image.conf".into(), "root={host}".into())],
+        units: vec![
+            unit(
+                "agent",
+                "cat $HOST_ROOT/etc/from-user-data > $HOST_ROOT/agent-saw; ip -o link show ens5",
+                true,
+            ),
+            unit("broker", &format!("exec {long}"), false),
+            unit("signal", "echo signalled", true),
+        ],
+    });
+    let inst = launch_with_user_data(
+        &world,
+        "#cloud-config\nwrite_files:\n  - path: /etc/from-user-data\n    content: hello\n    permissions: '0600'\nruncmd:\n  - echo ran > $HOST_ROOT/ran\n  - [sh, -c, 'echo $INSTANCE_ID > $HOST_ROOT/id']\n",
+    )
+    .await;
+    let events = boot_events_until(&world, &inst, "boot: done").await;
+    let host = world.host_dir(&inst);
+    let order: Vec<&str> = [
+        "cloud-init: done",
+        "agent: start",
+        "agent: exited",
+        "broker: start",
+        "signal: start",
+        "boot: done",
+    ]
+    .to_vec();
+    let at = |e: &str| events.iter().position(|x| x.starts_with(e)).unwrap();
+    for w in order.windows(2) {
+        assert!(at(w[0]) < at(w[1]), "{} before {}: {events:?}", w[0], w[1]);
+    }
+    assert_eq!(
+        std::fs::read_to_string(host.join("etc/image.conf")).unwrap(),
+        format!("root={}", host.display())
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.join("agent-saw")).unwrap(),
+        "hello"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(host.join("etc/from-user-data"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(std::fs::read_to_string(host.join("ran")).unwrap(), "ran\n");
+    assert_eq!(
+        std::fs::read_to_string(host.join("id")).unwrap().trim(),
+        inst
+    );
+    // The units run in the host's namespace: its primary interface is ens5.
+    let agent_log = std::fs::read_to_string(host.join("var/log/agent.log")).unwrap();
+    assert!(agent_log.contains("ens5"), "{agent_log}");
+    assert_eq!(sleepers(&long), 1, "the long-running unit is not running");
+
+    // Terminated: its services are stopped with the host.
+    world.terminate(&inst).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sleepers(&long) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the long-running unit outlived its host"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn user_data_beyond_the_modelled_subset_is_refused_loudly() {
+    use kafka_testbed::cloudinit::{BootSpec, Unit};
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    world.boot_with(BootSpec {
+        baked: Vec::new(),
+        units: vec![Unit {
+            name: "agent".into(),
+            argv: vec!["true".into()],
+            oneshot: true,
+        }],
+    });
+    let inst = launch_with_user_data(
+        &world,
+        "#cloud-config\npackages: [kafka]\nruncmd:\n  - echo ran > $HOST_ROOT/ran\n",
+    )
+    .await;
+    let events = boot_events_until(&world, &inst, "boot: done").await;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.starts_with("cloud-init: failed") && e.contains("`packages`")),
+        "{events:?}"
+    );
+    let host = world.host_dir(&inst);
+    let log = std::fs::read_to_string(host.join("var/log/cloud-init-output.log")).unwrap();
+    assert!(log.contains("`packages` is not modelled"), "{log}");
+    assert!(!host.join("ran").exists(), "a refused document ran");
+}
