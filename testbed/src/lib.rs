@@ -25,6 +25,7 @@ pub mod hypervisor;
 pub mod imds;
 pub mod netns;
 pub mod process;
+pub mod standin;
 pub mod vpc;
 pub mod world;
 pub mod zookeeper;
