@@ -384,6 +384,26 @@ pub(crate) fn base64(text: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Standard base64 with padding (user data as RunInstances and launch configurations take it).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 /// YAML to JSON through the venv's PyYAML (moto's dependency): the testbed carries no YAML
 /// parser of its own.
 fn parse_yaml(text: &str) -> Result<serde_json::Value> {
@@ -420,6 +440,13 @@ mod tests {
         assert_eq!(base64("aGk").unwrap(), b"hi");
         assert_eq!(base64("I2Nsb3Vk\nLWNvbmZpZw==").unwrap(), b"#cloud-config");
         assert!(base64("a*b").is_none());
+        for text in ["", "h", "hi", "hey", "#cloud-config\nruncmd: []\n"] {
+            assert_eq!(
+                base64(&base64_encode(text.as_bytes())).unwrap(),
+                text.as_bytes()
+            );
+        }
+        assert_eq!(base64_encode(b"hello"), "aGVsbG8=");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod aws;
 pub mod blackhole;
 pub mod cleanup;
 pub mod cloudinit;
+pub mod cluster;
 pub mod host;
 pub mod http;
 pub mod hypervisor;

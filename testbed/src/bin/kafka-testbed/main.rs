@@ -3,11 +3,11 @@
 
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 mod bench;
+mod demo;
 
-use kafka_testbed::{self as testbed, Services, World, cleanup};
+use kafka_testbed::{self as testbed, cleanup};
 
 #[derive(Parser)]
 #[command(
@@ -21,11 +21,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Bring up a simulated 3-broker cluster's world, print it, and tear it down.
+    /// A 3-broker cluster in three AZs through an Auto Scaling Group; broker 1 dies and the
+    /// group heals it while the demo prints a timeline.
     Demo {
         /// Cluster name used in tags.
         #[arg(long, default_value = "demo")]
         cluster: String,
+        /// The claim backend: zookeeper or cloudwatch-logs.
+        #[arg(long, default_value = "zookeeper")]
+        backend: String,
         /// Keep the world up until Ctrl-C.
         #[arg(long)]
         hold: bool,
@@ -87,7 +91,11 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Demo { cluster, hold } => demo(&cluster, hold),
+        Cmd::Demo {
+            cluster,
+            backend,
+            hold,
+        } => demo::run(&cluster, &backend, hold),
         Cmd::BenchClaim {
             agent,
             agents,
@@ -126,71 +134,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-#[tokio::main]
-async fn demo(cluster: &str, hold: bool) -> Result<()> {
-    eprintln!("starting moto and a 3-member ZooKeeper ensemble...");
-    let services = Services::start(3)?;
-    let world = World::create(&services, &["a", "b", "c"]).await?;
-    let azs = ["a", "b", "c"];
-    let mut brokers = Vec::new();
-    for (id, az) in azs.iter().enumerate() {
-        let id_s = id.to_string();
-        let name = format!("KAFKA-{id}");
-        let tags = [
-            ("Name", name.as_str()),
-            ("kafka-agent:cluster", cluster),
-            ("kafka-agent:role", "kafka"),
-            ("kafka-agent:id", id_s.as_str()),
-        ];
-        let (eni, ip) = world.create_eni(az, &tags).await?;
-        let vol = world.create_volume(az, 1, &tags).await?;
-        let instance = world
-            .launch(az, &[("kafka-agent:cluster", cluster)])
-            .await
-            .with_context(|| format!("launching the broker instance in {az}"))?;
-        brokers.push((id, az, eni, ip, vol, instance));
-    }
-    println!(
-        "world {} (VPC {}), cluster {cluster}",
-        world.id, world.vpc_id
-    );
-    println!(
-        "  AWS endpoint (this machine): {}",
-        services.moto.endpoint()
-    );
-    println!(
-        "  ZooKeeper (this machine):    {}",
-        services.zookeeper.connect_string()
-    );
-    for s in &world.subnets {
-        println!(
-            "  subnet {} {} {} gateway {}",
-            s.id, s.az, s.cidr, s.gateway
-        );
-    }
-    println!(
-        "  id  az          ENI (IP)                         volume                  instance (namespace)"
-    );
-    for (id, az, eni, ip, vol, instance) in &brokers {
-        println!(
-            "  {id:<3} us-east-1{az}  {eni} ({ip:<10})  {vol}  {instance} ({})",
-            world.netns(instance)
-        );
-    }
-    let first = &brokers[0].5;
-    println!(
-        "  from {first}: AWS at {}, ZooKeeper at {}",
-        world.aws_endpoint_for(first)?,
-        world.zookeeper_for(first)?
-    );
-    if hold {
-        println!("holding; Ctrl-C tears the world down");
-        tokio::signal::ctrl_c().await?;
-    }
-    drop(world);
-    drop(services);
-    println!("torn down");
-    Ok(())
 }

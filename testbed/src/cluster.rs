@@ -1,0 +1,624 @@
+//! A Kafka cluster deployed on the testbed as the project deploys one on AWS: per broker id a
+//! tagged ENI and EBS volume in its AZ; a stack whose `Brokers` resource waits for one signal
+//! per broker (a CreationPolicy); an Auto Scaling Group over the AZs' subnets with a launch
+//! lifecycle hook, the stack's tags propagated to its instances, and the project's user data
+//! (a `#cloud-config` writing the cluster's agent settings); an image whose boot runs the
+//! agent, the stand-in broker and the signal as the project's systemd units do.
+//!
+//! Shared by the demo (`kafka-testbed demo`) and the self-healing tests.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::World;
+use crate::cloudinit::{BootSpec, Unit};
+
+/// The stack's resource the brokers signal, and the launch hook's name.
+pub const LOGICAL_ID: &str = "Brokers";
+pub const HOOK: &str = "launch";
+
+/// What to deploy.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub name: String,
+    /// The claim backend: `zookeeper` or `cloudwatch-logs`.
+    pub backend: String,
+    /// One broker per entry, id = position: the AZ suffix it lives in.
+    pub azs: Vec<String>,
+    /// The agent and the stand-in broker, as the image installs them.
+    pub agent: PathBuf,
+    pub standin: PathBuf,
+    /// The agent's boot deadline.
+    pub deadline_seconds: u32,
+}
+
+/// One broker id's resources.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub id: u32,
+    pub az: String,
+    pub eni: String,
+    pub ip: String,
+    pub volume: String,
+}
+
+/// A deployed cluster.
+pub struct Deployed {
+    pub spec: Spec,
+    pub group: String,
+    pub stack: String,
+    pub brokers: Vec<Broker>,
+    /// ZooKeeper as the hosts reach it (with the cluster's chroot), and as this machine does.
+    pub zk_connect: String,
+    pub zk_local: String,
+    pub chroot: String,
+    autoscaling: aws_sdk_autoscaling::Client,
+    cfn: aws_sdk_cloudformation::Client,
+}
+
+/// The image's own configuration (what the AMI bakes): the host's paths.
+fn baked_config() -> String {
+    "# Baked into the image: where this host keeps things.\n\
+     [paths]\nstate_dir = \"{host}/var/lib/kafka-agent\"\n\n\
+     [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
+     sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
+     [kafka]\noutput = \"{host}/etc/kafka/server.properties\"\n"
+        .to_string()
+}
+
+/// The project's user data: the cluster's settings, as a drop-in beside the image's.
+pub fn user_data(spec: &Spec, zk_connect: &str) -> String {
+    let settings = format!(
+        "[cluster]\nname = \"{name}\"\nrole = \"kafka\"\nsize = {size}\n\n\
+         [boot]\ndeadline_seconds = {deadline}\n\n\
+         [claim]\nbackend = \"{backend}\"\n\n\
+         [zookeeper]\nconnect = \"{zk_connect}\"\n\n\
+         [kafka]\nmode = \"zookeeper\"\n\n\
+         [signal]\nlifecycle_hook = \"{HOOK}\"\nready_timeout_seconds = 120\n",
+        name = spec.name,
+        size = spec.azs.len(),
+        deadline = spec.deadline_seconds,
+        backend = spec.backend,
+    );
+    let indented: String = settings.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "#cloud-config\n\
+         write_files:\n  \
+           - path: /etc/kafka-agent/config.d/10-cluster.toml\n    \
+             permissions: '0644'\n    \
+             content: |\n{indented}"
+    )
+}
+
+/// The image's boot: its baked files and the project's units, in their systemd order.
+fn image(spec: &Spec) -> BootSpec {
+    let agent = spec.agent.to_string_lossy().into_owned();
+    let config = "{host}/etc/kafka-agent/agent.toml".to_string();
+    BootSpec {
+        baked: vec![("/etc/kafka-agent/agent.toml".into(), baked_config())],
+        units: vec![
+            // kafka-agent.service: oneshot, before kafka.service (which requires it).
+            Unit {
+                name: "kafka-agent".into(),
+                argv: vec![
+                    agent.clone(),
+                    "--config".into(),
+                    config.clone(),
+                    "boot".into(),
+                ],
+                oneshot: true,
+            },
+            // kafka.service: the stand-in broker, started as Kafka would be.
+            Unit {
+                name: "kafka".into(),
+                argv: vec![
+                    spec.standin.to_string_lossy().into_owned(),
+                    "--config".into(),
+                    "{host}/etc/kafka/server.properties".into(),
+                ],
+                oneshot: false,
+            },
+            // kafka-agent-signal.service: after kafka.service.
+            Unit {
+                name: "kafka-agent-signal".into(),
+                argv: vec![agent, "--config".into(), config, "signal".into()],
+                oneshot: true,
+            },
+        ],
+    }
+}
+
+impl Deployed {
+    /// Creates the resources, the stack, the group (which launches the brokers) and sets the
+    /// world's image. Returns once the group exists; see [`Deployed::wait_serving`].
+    pub async fn deploy(world: &World, services: &crate::Services, spec: Spec) -> Result<Self> {
+        let sdk = services.moto.sdk_config(&format!("{}-admin", world.id));
+        let autoscaling = aws_sdk_autoscaling::Client::new(&sdk);
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+        let mut brokers = Vec::new();
+        for (id, az) in spec.azs.iter().enumerate() {
+            let id_s = id.to_string();
+            let tags = [
+                ("kafka-agent:cluster", spec.name.as_str()),
+                ("kafka-agent:role", "kafka"),
+                ("kafka-agent:id", id_s.as_str()),
+            ];
+            let (eni, ip) = world.create_eni(az, &tags).await?;
+            let mut vol_tags = tags.to_vec();
+            vol_tags.push(("kafka-agent:volume", "new"));
+            let volume = world.create_volume(az, 1, &vol_tags).await?;
+            brokers.push(Broker {
+                id: id as u32,
+                az: az.clone(),
+                eni,
+                ip,
+                volume,
+            });
+        }
+        let chroot = format!("/{}", spec.name);
+        let gateway = &world.subnets[0].gateway;
+        let ports = services.zookeeper.client_ports();
+        let zk_connect = ports
+            .iter()
+            .map(|p| format!("{gateway}:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+            + &chroot;
+        let zk_local = services.zookeeper.connect_string();
+
+        let stack = format!("{}-stack", spec.name);
+        let template = serde_json::json!({
+            "Resources": { LOGICAL_ID: {
+                "Type": "AWS::CloudFormation::WaitCondition",
+                "CreationPolicy": { "ResourceSignal": {
+                    "Count": spec.azs.len(), "Timeout": "PT30M" } }
+            }}
+        });
+        cfn.create_stack()
+            .stack_name(&stack)
+            .template_body(template.to_string())
+            .send()
+            .await
+            .context("CreateStack")?;
+
+        world.boot_with(image(&spec));
+        let group = format!("{}-brokers", spec.name);
+        let ud = user_data(&spec, &zk_connect);
+        autoscaling
+            .create_launch_configuration()
+            .launch_configuration_name(&group)
+            .image_id("ami-12c6146b")
+            .instance_type("m5.large")
+            .user_data(crate::cloudinit::base64_encode(ud.as_bytes()))
+            .send()
+            .await
+            .context("CreateLaunchConfiguration")?;
+        let mut subnets: Vec<String> = Vec::new();
+        for az in &spec.azs {
+            let s = world.subnet(az)?.id.clone();
+            if !subnets.contains(&s) {
+                subnets.push(s);
+            }
+        }
+        let tag = |k: &str, v: &str| {
+            aws_sdk_autoscaling::types::Tag::builder()
+                .resource_id(&group)
+                .resource_type("auto-scaling-group")
+                .key(k)
+                .value(v)
+                .propagate_at_launch(true)
+                .build()
+        };
+        autoscaling
+            .create_auto_scaling_group()
+            .auto_scaling_group_name(&group)
+            .launch_configuration_name(&group)
+            .min_size(0)
+            .max_size(spec.azs.len() as i32 * 2)
+            .desired_capacity(0)
+            .vpc_zone_identifier(subnets.join(","))
+            .health_check_grace_period(0)
+            .tags(tag("aws:cloudformation:stack-name", &stack))
+            .tags(tag("aws:cloudformation:logical-id", LOGICAL_ID))
+            .tags(tag("kafka-agent:cluster", &spec.name))
+            .send()
+            .await
+            .context("CreateAutoScalingGroup")?;
+        autoscaling
+            .put_lifecycle_hook()
+            .auto_scaling_group_name(&group)
+            .lifecycle_hook_name(HOOK)
+            .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+            .heartbeat_timeout(600)
+            .default_result("ABANDON")
+            .send()
+            .await
+            .context("PutLifecycleHook")?;
+        autoscaling
+            .set_desired_capacity()
+            .auto_scaling_group_name(&group)
+            .desired_capacity(spec.azs.len() as i32)
+            .send()
+            .await
+            .context("SetDesiredCapacity")?;
+        Ok(Deployed {
+            spec,
+            group,
+            stack,
+            brokers,
+            zk_connect,
+            zk_local,
+            chroot,
+            autoscaling,
+            cfn,
+        })
+    }
+
+    /// The group's instances as the service lists them: id -> (AZ, lifecycle state, health).
+    pub async fn instances(&self) -> Result<BTreeMap<String, (String, String, String)>> {
+        let out = self
+            .autoscaling
+            .describe_auto_scaling_groups()
+            .auto_scaling_group_names(&self.group)
+            .send()
+            .await
+            .context("DescribeAutoScalingGroups")?;
+        let mut map = BTreeMap::new();
+        for g in out.auto_scaling_groups() {
+            for i in g.instances() {
+                map.insert(
+                    i.instance_id().unwrap_or_default().to_string(),
+                    (
+                        i.availability_zone().unwrap_or_default().to_string(),
+                        i.lifecycle_state()
+                            .map(|s| s.as_str().to_string())
+                            .unwrap_or_default(),
+                        i.health_status().unwrap_or_default().to_string(),
+                    ),
+                );
+            }
+        }
+        Ok(map)
+    }
+
+    /// The stack's status.
+    pub async fn stack_status(&self) -> Result<String> {
+        let out = self
+            .cfn
+            .describe_stacks()
+            .stack_name(&self.stack)
+            .send()
+            .await
+            .context("DescribeStacks")?;
+        Ok(out
+            .stacks()
+            .first()
+            .and_then(|s| s.stack_status())
+            .map(|s| s.as_str().to_string())
+            .unwrap_or_default())
+    }
+
+    /// Which instance serves each broker id now (ZooKeeper's `/brokers/ids/<id>` with an
+    /// endpoint at the id's ENI address), read from this machine.
+    pub async fn serving(&self) -> Result<BTreeMap<u32, String>> {
+        let zk = zookeeper_client::Client::connect(&format!("{}{}", self.zk_local, self.chroot))
+            .await
+            .context("connecting to ZooKeeper")?;
+        let mut out = BTreeMap::new();
+        for b in &self.brokers {
+            let path = format!("/brokers/ids/{}", b.id);
+            if let Ok((data, _)) = zk.get_data(&path).await {
+                let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+                if v["host"].as_str() == Some(b.ip.as_str()) {
+                    out.insert(b.id, v["host"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until every broker id is served (registered at its ENI's address).
+    pub async fn wait_serving(&self, timeout: Duration) -> Result<()> {
+        let until = Instant::now() + timeout;
+        loop {
+            let serving = self.serving().await.unwrap_or_default();
+            if serving.len() == self.brokers.len() {
+                return Ok(());
+            }
+            if Instant::now() > until {
+                bail!(
+                    "after {timeout:?}, brokers {:?} of {} serve",
+                    serving.keys().collect::<Vec<_>>(),
+                    self.brokers.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// One event of a heal, `at` after the terminate call.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub at: Duration,
+    pub what: String,
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// What the replacement of a terminated broker did, as seen from outside.
+pub struct Heal {
+    pub victim: String,
+    pub replacement: Option<String>,
+    pub events: Vec<Event>,
+    /// Terminate call until the replacement's broker registered at the id's address.
+    pub registered_after: Option<Duration>,
+    /// The agent's own share: its boot process's wall time on the replacement.
+    pub agent_boot: Option<Duration>,
+}
+
+impl Deployed {
+    /// The instance serving broker `id` now: the group's instance whose host journalled a
+    /// claim of `id` and whose broker is registered.
+    pub async fn instance_of(&self, world: &World, id: u32) -> Result<Option<String>> {
+        for inst in self.instances().await?.keys() {
+            let claim = world.host_dir(inst).join("var/lib/kafka-agent/claim.json");
+            let Ok(text) = std::fs::read_to_string(&claim) else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+            if v["id"].as_u64() == Some(id as u64) && v["instance_id"].as_str() == Some(inst) {
+                return Ok(Some(inst.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Terminates the instance serving broker `id` and follows its replacement until the
+    /// replacement's broker is registered and the stack has its signal (or `timeout`).
+    pub async fn terminate_and_follow(
+        &self,
+        world: &World,
+        signals: &crate::aws::Moto,
+        id: u32,
+        timeout: Duration,
+    ) -> Result<Heal> {
+        let victim = self
+            .instance_of(world, id)
+            .await?
+            .with_context(|| format!("no instance serves broker {id}"))?;
+        let before: std::collections::BTreeSet<String> =
+            self.instances().await?.into_keys().collect();
+        let ip = self.brokers[id as usize].ip.clone();
+        let t0 = Instant::now();
+        let t0_ms = unix_ms();
+        let mut events = vec![Event {
+            at: Duration::ZERO,
+            what: format!("terminate {victim} (broker {id}, {ip})"),
+        }];
+        world
+            .ec2
+            .terminate_instances()
+            .instance_ids(&victim)
+            .send()
+            .await
+            .context("TerminateInstances")?;
+        let mut replacement: Option<String> = None;
+        let mut registered_after = None;
+        let mut signalled = false;
+        let mut seen_gone = false;
+        let zk = zookeeper_client::Client::connect(&format!("{}{}", self.zk_local, self.chroot))
+            .await
+            .context("connecting to ZooKeeper")?;
+        let path = format!("/brokers/ids/{id}");
+        let mut old_znode_gone = false;
+        while t0.elapsed() < timeout && !(registered_after.is_some() && signalled) {
+            let now = self.instances().await.unwrap_or_default();
+            if !seen_gone && !now.contains_key(&victim) {
+                seen_gone = true;
+                events.push(Event {
+                    at: t0.elapsed(),
+                    what: format!("{victim} left the group"),
+                });
+            }
+            if replacement.is_none()
+                && let Some((inst, (az, _, _))) = now.iter().find(|(i, _)| !before.contains(*i))
+            {
+                events.push(Event {
+                    at: t0.elapsed(),
+                    what: format!("the group launched {inst} in {az}"),
+                });
+                replacement = Some(inst.clone());
+            }
+            match zk.get_data(&path).await {
+                Ok((data, stat)) => {
+                    let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
+                    if old_znode_gone && registered_after.is_none() && v["host"] == ip.as_str() {
+                        let at = Duration::from_millis(
+                            (stat.ctime as u128).saturating_sub(t0_ms) as u64
+                        );
+                        registered_after = Some(at);
+                        events.push(Event {
+                            at,
+                            what: format!("broker {id} registered at {ip}:{}", v["port"]),
+                        });
+                    }
+                }
+                Err(_) => {
+                    if !old_znode_gone {
+                        old_znode_gone = true;
+                        events.push(Event {
+                            at: t0.elapsed(),
+                            what: format!("broker {id}'s registration is gone (its session ended)"),
+                        });
+                    }
+                }
+            }
+            if let Some(inst) = &replacement
+                && !signalled
+                && signals
+                    .signals()
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|s| s.unique_id == *inst && s.status == "SUCCESS")
+            {
+                signalled = true;
+                events.push(Event {
+                    at: t0.elapsed(),
+                    what: format!("the stack has SUCCESS from {inst}"),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut agent_boot = None;
+        if let Some(inst) = &replacement {
+            let rel = |ms: u128| Duration::from_millis(ms.saturating_sub(t0_ms) as u64);
+            let boot_events = world.boot_events(inst);
+            let agent_start = boot_events
+                .iter()
+                .find(|(_, e)| e == "kafka-agent: start")
+                .map(|(t, _)| *t);
+            for (t, e) in &boot_events {
+                let what = match e.as_str() {
+                    "boot" => "its host is up (instance running)".to_string(),
+                    "cloud-init: done" => "cloud-init wrote the cluster's settings".to_string(),
+                    "kafka-agent: start" => "kafka-agent boot starts".to_string(),
+                    "kafka: start" => "kafka.service (the stand-in broker) starts".to_string(),
+                    "kafka-agent-signal: start" => "kafka-agent signal starts".to_string(),
+                    e if e.starts_with("kafka-agent: exited") => {
+                        format!("kafka-agent boot {}", &e["kafka-agent: ".len()..])
+                    }
+                    e if e.contains("failed") => e.to_string(),
+                    _ => continue,
+                };
+                events.push(Event { at: rel(*t), what });
+            }
+            // The agent's steps, from its boot journal and its start.
+            let journal = world.host_dir(inst).join("var/lib/kafka-agent/boot.json");
+            if let (Some(start), Ok(text)) = (agent_start, std::fs::read_to_string(journal)) {
+                let j: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                let ms = |step: &str| {
+                    j["steps"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|s| s["step"] == step)
+                        .and_then(|s| s["ms"].as_u64())
+                };
+                let mut t = start + ms("start").unwrap_or(0) as u128;
+                let claim = self.read_json(world, inst, "claim");
+                let attach = self.read_json(world, inst, "attach");
+                if let Some(m) = ms("claim") {
+                    t += m as u128;
+                    events.push(Event {
+                        at: rel(t),
+                        what: format!(
+                            "id {} claimed ({})",
+                            claim["id"],
+                            claim["how"].as_str().unwrap_or("")
+                        ),
+                    });
+                }
+                if let Some(m) = ms("attach") {
+                    t += m as u128;
+                    events.push(Event {
+                        at: rel(t),
+                        what: format!(
+                            "ENI {} ({}) and volume {} attached ({}, {})",
+                            attach["eni"]["id"].as_str().unwrap_or(""),
+                            attach["eni"]["ips"][0].as_str().unwrap_or(""),
+                            attach["volume"]["id"].as_str().unwrap_or(""),
+                            attach["eni"]["how"].as_str().unwrap_or(""),
+                            attach["volume"]["how"].as_str().unwrap_or(""),
+                        ),
+                    });
+                }
+                let (mount, route) = (ms("mount"), ms("route"));
+                if let Some(m) = mount {
+                    events.push(Event {
+                        at: rel(t + m as u128),
+                        what: "volume mounted, its data checked".into(),
+                    });
+                }
+                if let Some(r) = route {
+                    events.push(Event {
+                        at: rel(t + r as u128),
+                        what: "ENI routed".into(),
+                    });
+                }
+                t += mount.unwrap_or(0).max(route.unwrap_or(0)) as u128;
+                if let Some(r) = ms("render") {
+                    events.push(Event {
+                        at: rel(t + r as u128),
+                        what: "server.properties rendered".into(),
+                    });
+                }
+            }
+            let exited = boot_events
+                .iter()
+                .find(|(_, e)| e.starts_with("kafka-agent: exited"))
+                .map(|(t, _)| *t);
+            if let (Some(a), Some(b)) = (agent_start, exited) {
+                agent_boot = Some(Duration::from_millis(b.saturating_sub(a) as u64));
+            }
+        }
+        events.sort_by_key(|e| e.at);
+        Ok(Heal {
+            victim,
+            replacement,
+            events,
+            registered_after,
+            agent_boot,
+        })
+    }
+
+    fn read_json(&self, world: &World, inst: &str, name: &str) -> serde_json::Value {
+        std::fs::read_to_string(
+            world
+                .host_dir(inst)
+                .join(format!("var/lib/kafka-agent/{name}.json")),
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+    }
+}
+
+/// Talks the stand-in broker's line protocol with `addr` from inside `from`'s host: sends
+/// `request` and returns the answer's lines (up to `END` for a READ, else one line).
+pub fn ask_broker(world: &World, from: &str, addr: &str, request: &str) -> Result<Vec<String>> {
+    use std::io::{BufRead, BufReader, Write};
+    let (addr, request) = (addr.to_string(), request.to_string());
+    crate::netns::in_netns(&world.netns(from), move || -> Result<Vec<String>> {
+        let stream = std::net::TcpStream::connect_timeout(
+            &addr.parse().with_context(|| format!("address {addr}"))?,
+            Duration::from_secs(5),
+        )
+        .with_context(|| format!("connecting to the broker at {addr}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        (&stream).write_all(format!("{request}\n").as_bytes())?;
+        let many = request.starts_with("READ");
+        let mut lines = Vec::new();
+        for line in BufReader::new(&stream).lines() {
+            let line = line?;
+            if many && line == "END" {
+                break;
+            }
+            let done = !many;
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        Ok(lines)
+    })?
+}
