@@ -97,6 +97,13 @@ impl Moto {
         Ok(serde_json::from_str(&body)?)
     }
 
+    /// The lifecycle actions open now (instances waiting in a lifecycle hook), with the token
+    /// CompleteLifecycleAction takes.
+    pub async fn open_lifecycle_actions(&self) -> Result<Vec<OpenLifecycleAction>> {
+        let body = http::ok(self.port, "GET", "/_testbed/lifecycle-actions", "").await?;
+        Ok(serde_json::from_str(&body)?)
+    }
+
     /// Calls served per scope and action: (count, seconds spent serving them).
     pub async fn stats(
         &self,
@@ -221,6 +228,20 @@ pub struct ScopeSettings {
     /// Token buckets per action: (rate per second, burst); an empty bucket throttles.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rate_limits: Option<std::collections::BTreeMap<String, (f64, f64)>>,
+    /// Seconds between an Auto Scaling group's health checks (default 1): a terminated or
+    /// Unhealthy instance is replaced at the next one. Applies to the groups this scope
+    /// creates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asg_health_check_interval: Option<f64>,
+    /// Multiplies lifecycle hook timeouts (default 1): PutLifecycleHook takes 30 to 7200 s as
+    /// AWS does, and 0.02 makes a 30 s HeartbeatTimeout last 0.6 s. Applies to the groups
+    /// this scope creates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle_time_scale: Option<f64>,
+    /// Whether AttachInstances runs the group's launch hooks on the attached instances
+    /// (default true; AWS does not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asg_attach_runs_launch_hooks: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -243,6 +264,19 @@ pub struct LifecycleAction {
     pub token: Option<String>,
     pub result: Option<String>,
     pub scope: String,
+}
+
+/// A lifecycle action open now: the instance waits in `hook` until it is completed (by
+/// instance id or `token`) or times out.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpenLifecycleAction {
+    pub auto_scaling_group: String,
+    pub region: String,
+    pub hook: String,
+    pub instance_id: String,
+    pub token: String,
+    /// Seconds until the heartbeat (or global) timeout applies the hook's DefaultResult.
+    pub seconds_left: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

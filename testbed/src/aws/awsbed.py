@@ -14,6 +14,10 @@ APIs. This WSGI layer sits in front of moto's own application and adds:
 * CloudWatch Logs GetLogEvents may answer empty pages with a new token;
 * CloudFormation SignalResource (with CreationPolicy signal counting), Auto Scaling
   CompleteLifecycleAction and RecordLifecycleActionHeartbeat, all recorded for tests;
+* Auto Scaling as the service runs a group: health checks replace terminated or Unhealthy
+  instances (terminate first, or launch first by the instance maintenance policy), launches
+  spread over the zones, launch hooks hold new instances in Pending:Wait until completed or
+  timed out, scale-in follows the default termination policy;
 * faults: a share of calls answered with throttling errors or 5xx, and added latency.
 
 Settings are per *scope*, the access key id of the caller, so tests sharing one server do not
@@ -39,7 +43,11 @@ from werkzeug.serving import run_simple
 from werkzeug.test import run_wsgi_app
 from werkzeug.wrappers import Request, Response
 
-from moto.autoscaling.models import autoscaling_backends
+from moto.autoscaling.models import (
+    AutoScalingBackend,
+    FakeAutoScalingGroup,
+    autoscaling_backends,
+)
 from moto.cloudformation.models import cloudformation_backends
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.ec2.models import ec2_backends
@@ -99,6 +107,17 @@ DEFAULTS = {
     "error_rate": 0.0,  # share of calls answered with a 5xx
     "latency_ms": 0,  # added to every call
     "fault_actions": None,  # list of actions faults apply to; None = all
+    # Seconds between an Auto Scaling group's health checks: an instance EC2 no longer runs,
+    # or one marked Unhealthy, is replaced at the next one. The service publishes no interval
+    # ("continuously monitors"); EC2's own status checks run every minute
+    # (docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-system-instance-status-check.html).
+    "asg_health_check_interval": 1.0,
+    # Multiplies lifecycle hook timeouts (HeartbeatTimeout, the global timeout): PutLifecycleHook
+    # takes 30 to 7200 seconds as the service does, and 0.02 makes a 30 s timeout last 0.6 s.
+    "lifecycle_time_scale": 1.0,
+    # Whether AttachInstances runs the group's launch hooks on the attached instances (the
+    # service does not; see attach_instances).
+    "asg_attach_runs_launch_hooks": True,
 }
 SCOPES = {}  # access key id -> settings overrides
 
@@ -107,7 +126,6 @@ ENI_STATE = {}  # eni id -> "attaching" | "detaching" (overlay on moto's "attach
 SIGNALS = []  # SignalResource calls accepted
 LIFECYCLE = []  # CompleteLifecycleAction / RecordLifecycleActionHeartbeat calls accepted
 CREATION = {}  # stack id -> {logical id: {"count", "success", "deadline"}}
-COMPLETED_ACTIONS = set()  # (asg, hook, instance) completed
 BUCKETS = {}  # (scope, action) -> [tokens, last refill]: rate_limits' token buckets
 FIRST_SEEN = {}  # instance id -> monotonic time the testbed first saw it (its launch)
 TERMINATED_AT = {}  # instance id -> monotonic time it became "terminated"
@@ -177,6 +195,7 @@ def tick():
     for _, key in due:
         _, fn = PENDING.pop(key)
         fn()
+    autoscaling_tick(now)
     for stack_id, resources in list(CREATION.items()):
         for info in resources.values():
             if info["success"] < info["count"] and now > info["deadline"]:
@@ -696,8 +715,30 @@ def describe_volumes(call):
 
 def terminate_instances(call):
     """Keep non-root volumes and extra ENIs attached to the dead instance for a while."""
-    backend = ec2(call["region"])
     ids = [v for k, v in call["params"].items() if k.startswith("InstanceId.")]
+    return prepare_termination(ec2(call["region"]), ids, call["conf"])
+
+
+def ec2_terminate(region, ids, conf):
+    """TerminateInstances as the testbed's own call (an Auto Scaling group terminating its
+    instances): the same shutting-down and held attachments as a caller's."""
+    backend = ec2(region)
+    live = [
+        i
+        for i in ids
+        if (inst := find_instance(backend, i)) is not None
+        and inst.state not in ("terminated", "shutting-down")
+    ]
+    if not live:
+        return
+    after = prepare_termination(backend, live, conf)
+    backend.terminate_instances(live)
+    after(None)
+
+
+def prepare_termination(backend, ids, conf):
+    """What TerminateInstances of `ids` does besides moto's termination: returns the function
+    to run once moto has terminated them."""
     held = []
     for iid in ids:
         instance = find_instance(backend, iid)
@@ -722,8 +763,8 @@ def terminate_instances(call):
     ]
 
     def after(_response):
-        shutdown = call["conf"]["shutdown_delay"]
-        delay = shutdown + call["conf"]["release_delay"]
+        shutdown = conf["shutdown_delay"]
+        delay = shutdown + conf["release_delay"]
         for instance in dying:
             if shutdown > 0:
                 # moto terminated it at once: it is shutting down until the delay is over.
@@ -785,9 +826,543 @@ def age_streams(region, group, seconds):
 
 
 # ---------------------------------------------------------------- Auto Scaling
-def lifecycle_call(call, kind):
+# What the service does on its own, which moto does not: it keeps the desired capacity by
+# replacing instances that fail health checks, spreads launches over the group's Availability
+# Zones, holds new instances in lifecycle hooks, and picks scale-in victims by its termination
+# policy. Group activities run lazily from tick() (every request, the hypervisor's polling and
+# a background ticker): lifecycle transitions at once, health checks every
+# `asg_health_check_interval` seconds per group.
+#
+# Instance lifecycle states (docs.aws.amazon.com/autoscaling/ec2/userguide/
+# ec2-auto-scaling-lifecycle.html): Pending until EC2 runs the instance, then Pending:Wait
+# while a launch hook's action is open, InService; Terminating until EC2 has terminated it,
+# when it leaves the group. Standby and the other states are moto's.
+
+LAUNCH_HOOK = "autoscaling:EC2_INSTANCE_LAUNCHING"
+ASG_SCOPE = {}  # (region, group) -> scope that created the group: its settings time the group
+NEXT_CHECK = {}  # (region, group) -> monotonic time of the group's next health check
+ACTIONS = {}  # instance id -> {hook: open lifecycle action}; an action exists only while it waits
+ASG_REGIONS = set()  # regions Auto Scaling (or CloudFormation) was called in
+COUNTED = ("Pending", "Pending:Wait", "InService", "Terminating")
+
+
+def asg_backend(region):
+    return autoscaling_backends[DEFAULT_ACCOUNT_ID][region]
+
+
+def group_conf(group):
+    return settings(ASG_SCOPE.get((group.region, group.name), ""))
+
+
+def find_group_instance(region, instance_id):
+    for group in asg_backend(region).autoscaling_groups.values():
+        for st in group.instance_states:
+            if st.instance.id == instance_id:
+                return group, st
+    return None, None
+
+
+def launch_spec(group):
+    """What the group launches with now: ("lc", name) or ("lt", template id, version number)."""
+    if group.ec2_launch_template is not None:
+        lt = group.ec2_launch_template
+        version = lt.get_version(getattr(group, "launch_template_version", "$Default"))
+        return ("lt", lt.id, int(version.number))
+    return ("lc", group.launch_configuration_name)
+
+
+def replaced_later(st):
+    """An unhealthy instance kept in service until its replacement is (launch before
+    terminating): it no longer counts toward the desired capacity."""
+    return getattr(st, "tb_successor", None) is not None
+
+
+def counted(group):
+    """Instances counting toward the desired capacity. A Terminating one counts until EC2 has
+    terminated it: the default instance maintenance policy terminates before it launches. One
+    replaced by launching first counts no more from its replacement's launch on."""
+    return [
+        s
+        for s in group.instance_states
+        if s.lifecycle_state in COUNTED and not getattr(s, "tb_uncounted", False)
+    ]
+
+
+def launch_before_terminating(group):
+    """InstanceMaintenancePolicy MinHealthyPercentage 100 with MaxHealthyPercentage above 100
+    is "launch before terminating": a replacement is launched and in service before the
+    unhealthy instance is terminated; any other policy, or none, terminates first
+    (docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-instance-maintenance-policy.html)."""
+    policy = getattr(group, "instance_maintenance_policy", None) or {}
+    lo, hi = policy.get("MinHealthyPercentage", -1), policy.get("MaxHealthyPercentage", -1)
+    return lo == 100 and hi > 100
+
+
+def launch_slots(group):
+    """(AZ, subnet id or None) the group launches into."""
+    if group.vpc_zone_identifier:
+        ids = [s for s in group.vpc_zone_identifier.split(",") if s]
+        return [(group.ec2_backend.get_subnet(s).availability_zone, s) for s in ids]
+    return [(az, None) for az in group.availability_zones]
+
+
+def pick_slot(group):
+    """Where the next instance goes. The service keeps the group balanced: it launches into the
+    enabled Availability Zone with the fewest instances of the group (docs.aws.amazon.com/
+    autoscaling/ec2/userguide/auto-scaling-benefits.html#arch-AutoScalingMultiAZ), so a
+    replacement lands in the zone its predecessor left. Ties: any of them (the service names
+    no order)."""
+    slots = launch_slots(group)
+    zones = {az for az, _ in slots}
+    staying = [s for s in counted(group) if s.lifecycle_state != "Terminating"]
+    load = dict.fromkeys(zones, 0)
+    for s in staying:
+        if s.instance.placement.zone in load:
+            load[s.instance.placement.zone] += 1
+    least = min(load.values())
+    return random.choice([slot for slot in slots if load[slot[0]] == least])
+
+
+def group_tags(group):
+    """Tags a new instance carries: the group's PropagateAtLaunch tags, the launch template's
+    instance tags, `aws:autoscaling:groupName`, and the `aws:cloudformation:*` tags
+    CloudFormation puts on a group it creates (and propagates to its instances)."""
+    tags = group.get_propagated_tags()
+    for tag in group.tags:
+        if tag["Key"].startswith("aws:cloudformation:"):
+            tags[tag["Key"]] = tag["Value"]
+    return tags
+
+
+def launch(group, conf, now):
+    """Launches one instance of the group (moto's launch, into the slot the service picks)."""
+    az, subnet = pick_slot(group)
+    saved = (group.vpc_zone_identifier, group.availability_zones)
+    before = len(group.instance_states)
+    try:
+        group.vpc_zone_identifier, group.availability_zones = subnet, [az]
+        group.replace_autoscaling_group_instances(1, group_tags(group))
+    finally:
+        group.vpc_zone_identifier, group.availability_zones = saved
+    new = group.instance_states[before:]
+    for st in new:
+        st.lifecycle_state = "Pending"
+        st.tb_spec = launch_spec(group)
+        st.tb_hooks = True
+    note_instances(group.region, conf)
+    return new[0] if new else None
+
+
+def begin_termination(group, st, conf, now):
+    """Takes an instance out of service and has EC2 terminate it."""
+    st.lifecycle_state = "Terminating"
+    st.tb_successor = None
+    ACTIONS.pop(st.instance.id, None)
+    ec2_terminate(group.region, [st.instance.id], conf)
+
+
+def billing_hour_rank(st, now):
+    return int(now - FIRST_SEEN.get(st.instance.id, now)) % 3600
+
+
+def spec_rank(group, st):
+    """Outdated configurations go first (default termination policy): for a group using a
+    launch template, instances launched from a launch configuration, then from another
+    template, then from the oldest version of the current one; for a group using a launch
+    configuration, instances launched from another one."""
+    spec, current = getattr(st, "tb_spec", None), launch_spec(group)
+    if current[0] == "lt":
+        if spec is None or spec[0] == "lc":
+            return (0, 0)
+        if spec[1] != current[1]:
+            return (1, 0)
+        return (2, spec[2])
+    return (0, 0) if spec != current else (1, 0)
+
+
+def scale_in_pick(group, now):
+    """The instance the default termination policy terminates
+    (docs.aws.amazon.com/autoscaling/ec2/userguide/ec2-auto-scaling-termination-policies.html):
+    among the Availability Zones with the most instances and at least one not protected from
+    scale in, the unprotected instances with the most outdated configuration, then the one
+    closest to the next billing hour, then one at random."""
+    staying = [
+        s
+        for s in counted(group)
+        if s.lifecycle_state != "Terminating" and s.health_status == "Healthy"
+    ]
+    candidates = [s for s in staying if not s.protected_from_scale_in]
+    if not candidates:
+        return None
+    load = {}
+    for s in staying:
+        load[s.instance.placement.zone] = load.get(s.instance.placement.zone, 0) + 1
+    most = max(load[s.instance.placement.zone] for s in candidates)
+    pool = [s for s in candidates if load[s.instance.placement.zone] == most]
+    oldest = min(spec_rank(group, s) for s in pool)
+    pool = [s for s in pool if spec_rank(group, s) == oldest]
+    closest = max(billing_hour_rank(s, now) for s in pool)
+    return random.choice([s for s in pool if billing_hour_rank(s, now) == closest])
+
+
+def converge(group, now):
+    """Launches or terminates instances until the group holds its desired capacity."""
+    conf = group_conf(group)
+    need = (group.desired_capacity or 0) - len(counted(group))
+    for _ in range(max(need, 0)):
+        launch(group, conf, now)
+    for _ in range(max(-need, 0)):
+        victim = scale_in_pick(group, now)
+        if victim is None:
+            break
+        begin_termination(group, victim, conf, now)
+
+
+def in_grace(group, st, now):
+    """Whether the health check grace period shields the instance: it starts when the instance
+    enters InService (docs.aws.amazon.com/autoscaling/ec2/userguide/health-check-grace-period.html)."""
+    grace = group.health_check_grace_period or 0
+    if grace <= 0:
+        return False
+    since = getattr(st, "tb_in_service", None)
+    return since is None or now - since < grace
+
+
+def to_service(st, now):
+    st.lifecycle_state = "InService"
+    st.tb_in_service = now
+
+
+def new_action(hook, conf, now):
+    scale = conf["lifecycle_time_scale"]
+    timeout = float(hook.heartbeat_timeout)
+    return {
+        "token": str(uuid.uuid4()),
+        "hook": hook.name,
+        "timeout": timeout * scale,
+        "deadline": now + timeout * scale,
+        # The global timeout: 100 times the heartbeat timeout or 48 hours, whichever is less
+        # (docs.aws.amazon.com/autoscaling/ec2/userguide/lifecycle-hooks.html).
+        "global_deadline": now + min(100 * timeout, 172800.0) * scale,
+        "default_result": hook.default_result,
+    }
+
+
+def finish_action(group, st, hook, result, now):
+    """An action ends (completed, or timed out into its hook's DefaultResult). ABANDON ends the
+    launch: the instance is terminated (at the group's next check) and replaced; CONTINUE of
+    the last open action puts it in service."""
+    actions = ACTIONS.get(st.instance.id, {})
+    actions.pop(hook, None)
+    if result == "ABANDON":
+        ACTIONS.pop(st.instance.id, None)
+        st.lifecycle_state = "Terminating"
+    elif not actions:
+        ACTIONS.pop(st.instance.id, None)
+        to_service(st, now)
+
+
+def lifecycle_tick(group, now):
+    """Launch hooks: an instance EC2 runs enters Pending:Wait with one action per launch hook
+    (InService when there is none); an action not completed by its heartbeat timeout (or the
+    global timeout) takes its hook's DefaultResult
+    (docs.aws.amazon.com/autoscaling/ec2/userguide/lifecycle-hooks-overview.html)."""
+    conf = None
+    for st in list(group.instance_states):
+        if st.lifecycle_state == "Pending" and st.instance.state == "running":
+            conf = conf or group_conf(group)
+            hooks = [
+                h
+                for h in group.autoscaling_backend.lifecycle_hooks.values()
+                if h.auto_scaling_group_name == group.name and h.lifecycle_transition == LAUNCH_HOOK
+            ]
+            if hooks and getattr(st, "tb_hooks", True):
+                ACTIONS[st.instance.id] = {h.name: new_action(h, conf, now) for h in hooks}
+                for a in ACTIONS[st.instance.id].values():
+                    a["group"], a["region"] = group.name, group.region
+                st.lifecycle_state = "Pending:Wait"
+            else:
+                to_service(st, now)
+        elif st.lifecycle_state == "Pending:Wait":
+            for hook, a in list(ACTIONS.get(st.instance.id, {}).items()):
+                if now >= min(a["deadline"], a["global_deadline"]):
+                    finish_action(group, st, hook, a["default_result"], now)
+
+
+def health_check(group, now):
+    """One health check of the group (docs.aws.amazon.com/autoscaling/ec2/userguide/
+    ec2-auto-scaling-health-checks.html): an instance EC2 no longer runs (shutting-down,
+    terminated, stopping, stopped) is unhealthy; so is an InService one marked Unhealthy
+    through SetInstanceHealth. Unhealthy instances are replaced by the instance maintenance
+    policy; instances EC2 has terminated leave the group; then the capacity is restored."""
+    conf = group_conf(group)
+    for st in list(group.instance_states):
+        ec2_state = st.instance.state
+        if ec2_state == "terminated":
+            group.instance_states.remove(st)
+            ACTIONS.pop(st.instance.id, None)
+            continue
+        if st.lifecycle_state == "Terminating":
+            ec2_terminate(group.region, [st.instance.id], conf)  # an abandoned launch
+            continue
+        if st.lifecycle_state not in ("Pending", "Pending:Wait", "InService"):
+            continue
+        if ec2_state in ("shutting-down", "stopping", "stopped"):
+            st.health_status = "Unhealthy"
+            begin_termination(group, st, conf, now)
+        elif st.lifecycle_state == "InService" and st.health_status == "Unhealthy":
+            if not launch_before_terminating(group):
+                begin_termination(group, st, conf, now)
+            elif not replaced_later(st):
+                st.tb_uncounted = True
+                successor = launch(group, conf, now)
+                st.tb_successor = successor.instance.id if successor else None
+    # Launch before terminating: the old instance goes once its replacement is in service; a
+    # replacement that did not make it is launched again.
+    states = {s.instance.id: s for s in group.instance_states}
+    for st in list(group.instance_states):
+        if not replaced_later(st):
+            continue
+        successor = states.get(st.tb_successor)
+        if successor is not None and successor.lifecycle_state == "InService":
+            begin_termination(group, st, conf, now)
+        elif successor is None or successor.lifecycle_state == "Terminating":
+            st.tb_successor = None
+            again = launch(group, conf, now)
+            st.tb_successor = again.instance.id if again else None
+    converge(group, now)
+
+
+def autoscaling_tick(now):
+    for region in list(ASG_REGIONS):
+        for group in list(asg_backend(region).autoscaling_groups.values()):
+            lifecycle_tick(group, now)
+            key = (region, group.name)
+            due = NEXT_CHECK.get(key)
+            if due is None:
+                NEXT_CHECK[key] = now + group_conf(group)["asg_health_check_interval"]
+            elif now >= due:
+                NEXT_CHECK[key] = now + group_conf(group)["asg_health_check_interval"]
+                health_check(group, now)
+
+
+def _set_desired_capacity(self, new_capacity):
+    """moto's, with the service's launches (spread over the zones) and scale-in picks."""
+    self.desired_capacity = self.min_size if new_capacity is None else new_capacity
+    converge(self, time.monotonic())
+    if self.name in self.autoscaling_backend.autoscaling_groups:
+        self.autoscaling_backend.update_attached_elbs(self.name)
+        self.autoscaling_backend.update_attached_target_groups(self.name)
+
+
+FakeAutoScalingGroup.set_desired_capacity = _set_desired_capacity
+# moto replaces an InService instance the moment EC2 TerminateInstances is called; the
+# service notices at its next health check, once EC2 no longer runs the instance.
+AutoScalingBackend.notify_terminate_instances = lambda self, instance_ids: None
+
+
+def member_list(params, prefix):
+    """Query-protocol list `prefix.member.N.Field` -> [{Field: value}]."""
+    items = {}
+    for key, value in params.items():
+        m = re.fullmatch(re.escape(prefix) + r"\.member\.(\d+)\.(\w+)", key)
+        if m:
+            items.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    return [items[k] for k in sorted(items)]
+
+
+def maintenance_policy(params):
+    lo = params.get("InstanceMaintenancePolicy.MinHealthyPercentage")
+    hi = params.get("InstanceMaintenancePolicy.MaxHealthyPercentage")
+    if lo is None and hi is None:
+        return None
+    return {"MinHealthyPercentage": int(lo or -1), "MaxHealthyPercentage": int(hi or -1)}
+
+
+def check_hook_params(timeout, result):
+    """PutLifecycleHook's limits: HeartbeatTimeout 30 to 7200 seconds, DefaultResult CONTINUE
+    or ABANDON (API Reference, "PutLifecycleHook")."""
+    if timeout is not None and not 30 <= int(timeout) <= 7200:
+        raise AwsError(
+            "ValidationError",
+            f"1 validation error detected: Value '{timeout}' at 'heartbeatTimeout' failed to "
+            "satisfy constraint: Member must have value between 30 and 7200",
+        )
+    if result is not None and result not in ("CONTINUE", "ABANDON"):
+        raise AwsError("ValidationError", f"Invalid DefaultResult {result}: CONTINUE or ABANDON")
+
+
+def create_group(call):
+    params, region = call["params"], call["region"]
+    name = params.get("AutoScalingGroupName")
+    specs = member_list(params, "LifecycleHookSpecificationList")
+    for spec in specs:
+        check_hook_params(spec.get("HeartbeatTimeout"), spec.get("DefaultResult"))
+    ASG_SCOPE[(region, name)] = call["scope"]
+    NEXT_CHECK.pop((region, name), None)
+
+    def after(_response):
+        group = asg_backend(region).autoscaling_groups.get(name)
+        if group is None:
+            return
+        # CreateAutoScalingGroup's HealthCheckGracePeriod defaults to 0 (moto: 300).
+        if params.get("HealthCheckGracePeriod") is None:
+            group.health_check_grace_period = 0
+        policy = maintenance_policy(params)
+        if policy is not None:
+            group.instance_maintenance_policy = policy
+        # Hooks given at creation apply to the group's first instances (still Pending now).
+        for spec in specs:
+            group.autoscaling_backend.create_lifecycle_hook(
+                name=spec.get("LifecycleHookName"),
+                as_name=name,
+                transition=spec.get("LifecycleTransition"),
+                timeout=int(spec["HeartbeatTimeout"]) if spec.get("HeartbeatTimeout") else None,
+                result=spec.get("DefaultResult"),
+            )
+
+    return after
+
+
+def check_capacity(group, desired):
+    if desired is None:
+        return
+    desired = int(desired)
+    if group.max_size is not None and desired > group.max_size:
+        raise AwsError(
+            "ValidationError",
+            f"New SetDesiredCapacity value {desired} is above max value {group.max_size} for "
+            "the AutoScalingGroup.",
+        )
+    if group.min_size is not None and desired < group.min_size:
+        raise AwsError(
+            "ValidationError",
+            f"New SetDesiredCapacity value {desired} is below min value {group.min_size} for "
+            "the AutoScalingGroup.",
+        )
+
+
+def named_group(call):
+    name = call["params"].get("AutoScalingGroupName")
+    group = asg_backend(call["region"]).autoscaling_groups.get(name)
+    if group is None:
+        raise AwsError("ValidationError", f"AutoScalingGroup name not found - {name}")
+    return group
+
+
+def update_group(call):
     params = call["params"]
-    backend = autoscaling_backends[DEFAULT_ACCOUNT_ID][call["region"]]
+    group = named_group(call)
+    lo = params.get("MinSize")
+    hi = params.get("MaxSize")
+    desired = params.get("DesiredCapacity")
+    if desired is not None:
+        saved = (group.min_size, group.max_size)
+        group.min_size = int(lo) if lo is not None else group.min_size
+        group.max_size = int(hi) if hi is not None else group.max_size
+        try:
+            check_capacity(group, desired)
+        finally:
+            group.min_size, group.max_size = saved
+    policy = maintenance_policy(params)
+
+    def after(_response):
+        if policy is not None:
+            group.instance_maintenance_policy = policy
+
+    return after
+
+
+def set_desired_capacity(call):
+    check_capacity(named_group(call), call["params"].get("DesiredCapacity"))
+    return None
+
+
+def put_lifecycle_hook(call):
+    params = call["params"]
+    named_group(call)
+    check_hook_params(params.get("HeartbeatTimeout"), params.get("DefaultResult"))
+    return None
+
+
+def set_instance_health(call):
+    """SetInstanceHealth: ShouldRespectGracePeriod (default true) leaves an instance in its
+    health check grace period Healthy (API Reference, "SetInstanceHealth")."""
+    params = call["params"]
+    iid, status = params.get("InstanceId"), params.get("HealthStatus")
+    group, st = find_group_instance(call["region"], iid)
+    if group is None:
+        raise AwsError("ValidationError", f"Instance Id not found - No managed instance found for instance ID: {iid}")
+    if status not in ("Healthy", "Unhealthy"):
+        raise AwsError("ValidationError", "Valid instance health states are: [Healthy, Unhealthy]")
+    respect = params.get("ShouldRespectGracePeriod", "true").lower() != "false"
+    if status == "Unhealthy" and respect and in_grace(group, st, time.monotonic()):
+        return xml_response("SetInstanceHealth", ASG_NS, "", True)
+    return None
+
+
+def attach_instances(call):
+    """AttachInstances. The service does not run launch hooks for attached instances ("does
+    not apply when you attach or detach instances", docs.aws.amazon.com/autoscaling/ec2/
+    userguide/lifecycle-hooks.html); `asg_attach_runs_launch_hooks` (default on) makes an
+    attached instance wait in the launch hooks as a launched one would, as the root crate's
+    tests stand in for the group's launch by attaching an instance they launched."""
+    params, region = call["params"], call["region"]
+    ids = [v for k, v in params.items() if k.startswith("InstanceIds.member.")]
+    hooks = call["conf"]["asg_attach_runs_launch_hooks"]
+
+    def after(_response):
+        now = time.monotonic()
+        for iid in ids:
+            group, st = find_group_instance(region, iid)
+            if st is None:
+                continue
+            st.tb_spec = None
+            st.tb_hooks = hooks
+            st.lifecycle_state = "Pending"
+            if st.instance.state == "running" and not hooks:
+                to_service(st, now)
+
+    return after
+
+
+def terminate_in_group(call):
+    """TerminateInstanceInAutoScalingGroup: the instance is terminated in EC2; a replacement
+    follows (after it, as with any replacement) unless ShouldDecrementDesiredCapacity."""
+    params = call["params"]
+    iid = params.get("InstanceId")
+    group, st = find_group_instance(call["region"], iid)
+    if group is None:
+        raise AwsError("ValidationError", f"Instance Id not found - No managed instance found for instance ID: {iid}")
+    decrement = params.get("ShouldDecrementDesiredCapacity", "false").lower() == "true"
+    if decrement:
+        if (group.desired_capacity or 0) - 1 < (group.min_size or 0):
+            raise AwsError(
+                "ValidationError",
+                f"Currently, desiredSize equals minSize ({group.min_size}). Terminating instance "
+                "without replacement will violate group's min size constraint. Either set "
+                "shouldDecrementDesiredCapacity flag to false or lower group's min size.",
+            )
+        group.desired_capacity -= 1
+    begin_termination(group, st, group_conf(group), time.monotonic())
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    inner = (
+        f"<Activity><ActivityId>{uuid.uuid4()}</ActivityId>"
+        f"<AutoScalingGroupName>{group.name}</AutoScalingGroupName>"
+        f"<Description>Terminating EC2 instance: {iid}</Description>"
+        f"<Cause>At {started} instance {iid} was taken out of service in response to a user "
+        f"request.</Cause><StartTime>{started}</StartTime><StatusCode>InProgress</StatusCode>"
+        f"<Progress>0</Progress></Activity>"
+    )
+    return xml_response("TerminateInstanceInAutoScalingGroup", ASG_NS, inner, True)
+
+
+def lifecycle_call(call, kind):
+    """CompleteLifecycleAction / RecordLifecycleActionHeartbeat on an open action, named by
+    instance id or by its token (API Reference, "CompleteLifecycleAction"): an action exists
+    only while its instance waits; a token of another or of an ended action is refused."""
+    params = call["params"]
+    backend = asg_backend(call["region"])
     asg, hook = params.get("AutoScalingGroupName"), params.get("LifecycleHookName")
     iid, token = params.get("InstanceId"), params.get("LifecycleActionToken")
     group = backend.autoscaling_groups.get(asg)
@@ -797,15 +1372,28 @@ def lifecycle_call(call, kind):
         raise AwsError("ValidationError", f"No Lifecycle Hook found with name {hook} for group {asg}")
     if not iid and not token:
         raise AwsError("ValidationError", "Either InstanceId or LifecycleActionToken is required")
-    if iid and iid not in [s.instance.id for s in group.instance_states]:
-        raise AwsError("ValidationError", f"No active Lifecycle Action found with instance ID {iid}")
-    if (asg, hook, iid or token) in COMPLETED_ACTIONS:
-        raise AwsError("ValidationError", f"No active Lifecycle Action found with instance ID {iid}")
     result = params.get("LifecycleActionResult")
+    if kind == "complete" and result not in ("CONTINUE", "ABANDON"):
+        raise AwsError("ValidationError", "LifecycleActionResult must be CONTINUE or ABANDON")
+    if token:
+        owner = next(
+            (i for i, acts in ACTIONS.items() if acts.get(hook, {}).get("token") == token),
+            None,
+        )
+        action = ACTIONS[owner][hook] if owner else None
+        if action is None or action["group"] != asg or (iid and owner != iid):
+            raise AwsError("ValidationError", f"No active Lifecycle Action found with token {token}")
+        iid = owner
+    else:
+        action = ACTIONS.get(iid, {}).get(hook)
+        if action is None or action["group"] != asg:
+            raise AwsError("ValidationError", f"No active Lifecycle Action found with instance ID {iid}")
+    now = time.monotonic()
+    _, st = find_group_instance(call["region"], iid)
     if kind == "complete":
-        if result not in ("CONTINUE", "ABANDON"):
-            raise AwsError("ValidationError", "LifecycleActionResult must be CONTINUE or ABANDON")
-        COMPLETED_ACTIONS.add((asg, hook, iid or token))
+        finish_action(group, st, hook, result, now)
+    else:
+        action["deadline"] = min(now + action["timeout"], action["global_deadline"])
     LIFECYCLE.append(
         {
             "kind": kind,
@@ -818,8 +1406,24 @@ def lifecycle_call(call, kind):
             "time": time.time(),
         }
     )
-    action = "CompleteLifecycleAction" if kind == "complete" else "RecordLifecycleActionHeartbeat"
-    return xml_response(action, ASG_NS, "", True)
+    action_name = "CompleteLifecycleAction" if kind == "complete" else "RecordLifecycleActionHeartbeat"
+    return xml_response(action_name, ASG_NS, "", True)
+
+
+def open_actions():
+    now = time.monotonic()
+    return [
+        {
+            "auto_scaling_group": a["group"],
+            "region": a["region"],
+            "hook": hook,
+            "instance_id": iid,
+            "token": a["token"],
+            "seconds_left": max(0.0, min(a["deadline"], a["global_deadline"]) - now),
+        }
+        for iid, acts in ACTIONS.items()
+        for hook, a in acts.items()
+    ]
 
 
 # ---------------------------------------------------------------- CloudFormation
@@ -925,6 +1529,13 @@ HANDLERS = {
     ("ec2", "DescribeInstances"): describe_instances,
     ("ec2", "DescribeVolumes"): describe_volumes,
     ("logs", "GetLogEvents"): get_log_events,
+    ("autoscaling", "CreateAutoScalingGroup"): create_group,
+    ("autoscaling", "UpdateAutoScalingGroup"): update_group,
+    ("autoscaling", "SetDesiredCapacity"): set_desired_capacity,
+    ("autoscaling", "PutLifecycleHook"): put_lifecycle_hook,
+    ("autoscaling", "SetInstanceHealth"): set_instance_health,
+    ("autoscaling", "AttachInstances"): attach_instances,
+    ("autoscaling", "TerminateInstanceInAutoScalingGroup"): terminate_in_group,
     ("autoscaling", "CompleteLifecycleAction"): lambda c: lifecycle_call(c, "complete"),
     ("autoscaling", "RecordLifecycleActionHeartbeat"): lambda c: lifecycle_call(c, "heartbeat"),
     ("cloudformation", "CreateStack"): create_stack,
@@ -1025,6 +1636,8 @@ def control(req):
             return Response(json.dumps(SIGNALS), content_type="application/json")
         if path == "lifecycle":
             return Response(json.dumps(LIFECYCLE), content_type="application/json")
+        if path == "lifecycle-actions":
+            return Response(json.dumps(open_actions()), content_type="application/json")
         if path == "state":
             body = state(req.args.get("region", "us-east-1"), req.args.get("vpc"))
             return Response(json.dumps(body), content_type="application/json")
@@ -1103,6 +1716,8 @@ class Testbed:
 
     def serve_locked(self, environ, start_response, call, service, action, protocol):
         if True:
+            if service in ("autoscaling", "cloudformation"):
+                ASG_REGIONS.add(call["region"])
             tick()
             after = None
             handler = HANDLERS.get((service, action))
@@ -1128,12 +1743,27 @@ class Testbed:
         return response(environ, start_response)
 
 
+def ticker():
+    """Time passes without callers too: group health checks and hook timeouts are due whether
+    or not anyone calls."""
+    while True:
+        time.sleep(0.1)
+        try:
+            with LOCK:
+                tick()
+        except Exception:  # a testbed bug: say so loudly in the log, keep ticking
+            import traceback
+
+            sys.stderr.write(traceback.format_exc())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
     sys.stderr.write(f"awsbed listening on {args.host}:{args.port}\n")
+    threading.Thread(target=ticker, name="ticker", daemon=True).start()
     run_simple(
         args.host,
         args.port,
