@@ -1438,7 +1438,7 @@ public class Props {
             e.message.starts_with("No `meta.properties` found in "),
             "{e}"
         );
-        let e = check_kraft_meta(&[a.clone()], 1).unwrap_err();
+        let e = check_kraft_meta(std::slice::from_ref(&a), 1).unwrap_err();
         assert!(e.message.contains("version 0"), "{e}");
         let c = root.join("c");
         std::fs::create_dir_all(&c).unwrap();

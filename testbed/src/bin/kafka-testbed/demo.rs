@@ -3,7 +3,7 @@
 //! image that boots the agent, the stand-in broker and the signal), then broker 1 dies and
 //! the group heals it with zero manual steps, while the demo prints what happens.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -24,7 +24,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 /// `kafka-agent status` on the host, its first line and exit code.
-async fn status(world: &World, agent: &PathBuf, inst: &str) -> Result<(i32, String)> {
+async fn status(world: &World, agent: &Path, inst: &str) -> Result<(i32, String)> {
     let config = world.host_dir(inst).join("etc/kafka-agent/agent.toml");
     let mut cmd = world.command(inst, &agent.to_string_lossy())?;
     cmd.arg("--config").arg(config).arg("status");
