@@ -189,7 +189,7 @@ async fn open_actions(name: &str) -> Vec<testbed::aws::OpenLifecycleAction> {
         .collect()
 }
 
-async fn token_of(world: &World, name: &str, instance: &str) -> String {
+async fn token_of(name: &str, instance: &str) -> String {
     until(Duration::from_secs(10), "an open action", || async {
         open_actions(name)
             .await
@@ -392,7 +392,7 @@ async fn launch_before_terminating_keeps_the_unhealthy_instance_until_its_replac
         .await
         .unwrap();
     for m in settled(&world, &name, 2, "Pending:Wait").await {
-        let token = token_of(&world, &name, &m.id).await;
+        let token = token_of(&name, &m.id).await;
         assert_eq!(
             complete_by_token(&world, &name, &token, "CONTINUE").await,
             None
@@ -427,7 +427,7 @@ async fn launch_before_terminating_keeps_the_unhealthy_instance_until_its_replac
     assert_eq!(member(&m, &victim.id).unwrap().state, "InService", "{m:?}");
     assert_eq!(ec2_states(&world).await[&victim.id], "running");
 
-    let token = token_of(&world, &name, &new.id).await;
+    let token = token_of(&name, &new.id).await;
     assert_eq!(
         complete_by_token(&world, &name, &token, "CONTINUE").await,
         None
@@ -517,7 +517,7 @@ async fn a_launch_waits_in_pending_wait_until_continue_and_only_its_open_action_
         .unwrap();
     tokio::time::sleep(Duration::from_secs_f64(3.0 * INTERVAL)).await;
     assert_eq!(members(&world, &name).await[0].state, "Pending:Wait");
-    let token = token_of(&world, &name, &inst).await;
+    let token = token_of(&name, &inst).await;
 
     let asg = autoscaling(&world);
     let wrong = complete_by_token(
@@ -588,7 +588,7 @@ async fn abandon_terminates_the_instance_and_the_group_replaces_it() {
     let first = settled(&world, &name, 1, "Pending:Wait").await[0]
         .id
         .clone();
-    let token = token_of(&world, &name, &first).await;
+    let token = token_of(&name, &first).await;
     autoscaling(&world)
         .complete_lifecycle_action()
         .auto_scaling_group_name(&name)
@@ -606,7 +606,7 @@ async fn abandon_terminates_the_instance_and_the_group_replaces_it() {
     })
     .await;
     assert_eq!(ec2_states(&world).await[&first], "terminated");
-    let again = token_of(&world, &name, &second.id).await;
+    let again = token_of(&name, &second.id).await;
     assert_ne!(again, token, "a new action, a new token");
     let stale = complete_by_token(&world, &name, &token, "CONTINUE").await;
     assert_eq!(stale.as_deref(), Some("ValidationError"));
