@@ -324,7 +324,10 @@ fn boot_once(
     cmd.arg("--config")
         .arg(config)
         .arg("boot")
-        .env("KAFKA_AGENT_LOG", "kafka_agent=debug")
+        .env(
+            "KAFKA_AGENT_LOG",
+            std::env::var("KAFKA_TESTBED_AGENT_LOG").unwrap_or_else(|_| "kafka_agent=debug".into()),
+        )
         .stdout(out)
         .stderr(err);
     let start = Instant::now();
