@@ -164,13 +164,23 @@ pub fn sdk_config(endpoint: &str, scope: &str) -> aws_config::SdkConfig {
 }
 
 pub(crate) async fn state(port: u16, vpc: &str) -> Result<Ec2State> {
-    let body = http::ok(
-        port,
-        "GET",
-        &format!("/_testbed/state?region={REGION}&vpc={vpc}"),
-        "",
-    )
-    .await?;
+    state_after(port, vpc, None, Duration::ZERO).await
+}
+
+/// The VPC's state once it may have changed since the answer of generation `since` (a call
+/// that may change it was served, or a scheduled transition fell due), or after `wait` at
+/// most; at once without `since`.
+pub(crate) async fn state_after(
+    port: u16,
+    vpc: &str,
+    since: Option<u64>,
+    wait: Duration,
+) -> Result<Ec2State> {
+    let mut path = format!("/_testbed/state?region={REGION}&vpc={vpc}");
+    if let Some(g) = since {
+        path.push_str(&format!("&since={g}&wait={}", wait.as_secs_f64()));
+    }
+    let body = http::ok(port, "GET", &path, "").await?;
     serde_json::from_str(&body).context("parsing testbed state")
 }
 
@@ -281,6 +291,9 @@ pub struct OpenLifecycleAction {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Ec2State {
+    /// Counts the calls served that may have changed EC2's state (see [`state_after`]).
+    #[serde(default)]
+    pub generation: u64,
     pub instances: Vec<InstanceInfo>,
     pub enis: Vec<EniInfo>,
     pub volumes: Vec<VolumeInfo>,

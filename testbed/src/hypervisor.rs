@@ -100,17 +100,20 @@ pub(crate) struct Layout {
     pub(crate) moto_port: u16,
 }
 
-/// The hypervisor's loop: every 100 ms, brings the physical side in line with the VPC's
-/// state in EC2 (moto on `port`).
+/// The hypervisor's loop: brings the physical side in line with the VPC's state in EC2 (moto
+/// on `port`) as soon as a call may have changed it, and at least every 100 ms (transitions
+/// due by time).
 pub(crate) async fn run_loop(
     layout: Arc<Layout>,
     phys: Arc<Mutex<Physical>>,
     port: u16,
     handle: tokio::runtime::Handle,
 ) {
+    let mut seen = None;
     loop {
-        match aws::state(port, &layout.vpc_id).await {
+        match aws::state_after(port, &layout.vpc_id, seen, Duration::from_millis(100)).await {
             Ok(state) => {
+                seen = Some(state.generation);
                 let (l, p, h) = (layout.clone(), phys.clone(), handle.clone());
                 let r = tokio::task::spawn_blocking(move || {
                     let mut p = p.lock().unwrap();
@@ -121,9 +124,11 @@ pub(crate) async fn run_loop(
                     tracing::warn!("hypervisor: {e:#}");
                 }
             }
-            Err(e) => tracing::warn!("hypervisor: reading EC2 state: {e:#}"),
+            Err(e) => {
+                tracing::warn!("hypervisor: reading EC2 state: {e:#}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -230,37 +235,7 @@ fn reconcile(
         };
         *host.imds.metadata.write().unwrap() = md;
     }
-    // ENIs (device index > 0; the primary is part of the host).
-    let want: BTreeMap<&str, &aws::EniInfo> = state
-        .enis
-        .iter()
-        .filter(|e| {
-            e.attachment.as_ref().is_some_and(|a| {
-                a.device_index > 0 && present(&a.status) && p.hosts.contains_key(&a.instance_id)
-            })
-        })
-        .map(|e| (e.id.as_str(), e))
-        .collect();
-    let stale: Vec<String> = p
-        .enis
-        .iter()
-        .filter(|(id, pe)| {
-            want.get(id.as_str())
-                .is_none_or(|e| e.attachment.as_ref().unwrap().instance_id != pe.instance_id)
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in stale {
-        let pe = p.enis.remove(&id).unwrap();
-        p.guards.remove(&pe.vpc_side);
-        let _ = netns::ip_in(&l.vpc_ns, &["link", "delete", &pe.vpc_side]);
-    }
-    for (id, eni) in want {
-        if !p.enis.contains_key(id) {
-            plug_eni(l, p, eni).with_context(|| format!("plugging {id}"))?;
-        }
-    }
-    // Volumes.
+    // Volumes first: a mount waits for its device longer than a route for its interface.
     let want: BTreeMap<&str, &aws::VolumeInfo> = state
         .volumes
         .iter()
@@ -292,6 +267,36 @@ fn reconcile(
             plug_volume(l, p, vol, root, xen).with_context(|| format!("plugging {id}"))?;
         }
         grow_volume(l, p, vol).with_context(|| format!("growing {id}"))?;
+    }
+    // ENIs (device index > 0; the primary is part of the host).
+    let want: BTreeMap<&str, &aws::EniInfo> = state
+        .enis
+        .iter()
+        .filter(|e| {
+            e.attachment.as_ref().is_some_and(|a| {
+                a.device_index > 0 && present(&a.status) && p.hosts.contains_key(&a.instance_id)
+            })
+        })
+        .map(|e| (e.id.as_str(), e))
+        .collect();
+    let stale: Vec<String> = p
+        .enis
+        .iter()
+        .filter(|(id, pe)| {
+            want.get(id.as_str())
+                .is_none_or(|e| e.attachment.as_ref().unwrap().instance_id != pe.instance_id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        let pe = p.enis.remove(&id).unwrap();
+        p.guards.remove(&pe.vpc_side);
+        let _ = netns::ip_in(&l.vpc_ns, &["link", "delete", &pe.vpc_side]);
+    }
+    for (id, eni) in want {
+        if !p.enis.contains_key(id) {
+            plug_eni(l, p, eni).with_context(|| format!("plugging {id}"))?;
+        }
     }
     if p.loaded_guards.as_ref() != Some(&p.guards) {
         netns::nft_in(&l.vpc_ns, &guard_ruleset(&p.guards))

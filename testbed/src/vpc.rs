@@ -57,13 +57,31 @@ pub(crate) async fn create(
     Ok((vpc_id, subnets))
 }
 
+/// The fixed MAC address of the k-th (from 1) subnet's gateway: locally administered, unlike
+/// every MAC EC2 (moto) hands out.
+fn gateway_mac(k: usize) -> String {
+    format!("0e:00:0a:00:{:02x}:01", k & 0xff)
+}
+
 /// Builds the router namespace `vpc_ns`: forwarding on, one bridge per subnet holding its
 /// gateway address.
+///
+/// Each bridge gets a fixed MAC, as the VPC router's never changes. Left to itself a Linux
+/// bridge wears the lowest MAC among its ports, and the hypervisor adds and deletes ports
+/// (hosts, ENIs) all the time: when the port whose MAC the gateway wore goes, the gateway's
+/// MAC changes without a word, and every host that resolved it keeps sending to the old one
+/// until its neighbour entry expires and the probes fail (15-45 s of reachable time, then 5 s
+/// of delay and 3 s of probes): connects to the services behind the gateway (moto, ZooKeeper)
+/// time out meanwhile. That was the 30-50 s stall of `bench-boot`.
 pub(crate) fn build_router(vpc_ns: &str, subnets: &[Subnet]) -> Result<()> {
     netns::create(vpc_ns)?;
     netns::sysctl(vpc_ns, "net.ipv4.ip_forward", "1")?;
-    for s in subnets {
-        netns::ip_in(vpc_ns, &["link", "add", &s.bridge, "type", "bridge"])?;
+    for (k, s) in subnets.iter().enumerate() {
+        let mac = gateway_mac(k + 1);
+        netns::ip_in(
+            vpc_ns,
+            &["link", "add", &s.bridge, "address", &mac, "type", "bridge"],
+        )?;
         netns::ip_in(
             vpc_ns,
             &[

@@ -461,6 +461,61 @@ async fn two_instances_in_a_subnet_reach_each_other_over_their_enis() {
     assert_eq!(&buf, b"hello");
 }
 
+/// The gateway keeps its MAC while hosts and their ports come and go, as the VPC router
+/// does: a host that resolved it before keeps reaching the services behind it at once. (A
+/// Linux bridge left to itself wears its lowest port MAC; when that port went, hosts kept
+/// sending to a MAC nobody had until their neighbour entry failed, 20-50 s later.)
+#[tokio::test]
+async fn the_gateway_keeps_its_mac_while_other_hosts_come_and_go() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            shutdown_delay: Some(0.0),
+            pending_delay: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut others = Vec::new();
+    for _ in 0..6 {
+        others.push(world.launch("a", &[]).await.unwrap());
+    }
+    let me = world.launch("a", &[]).await.unwrap();
+    let endpoint = world.aws_endpoint_for(&me).unwrap();
+    let addr = endpoint.trim_start_matches("http://").to_string();
+    let reach = || {
+        let addr = addr.clone();
+        world
+            .on_host(&me, async move {
+                let attempt = tokio::net::TcpStream::connect(addr);
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(2), attempt).await,
+                    Ok(Ok(_))
+                )
+            })
+            .unwrap()
+    };
+    let gateway_mac = || {
+        netns::ip_in(&world.netns(&me), &["neigh", "show", "10.0.1.1"])
+            .unwrap()
+            .split_whitespace()
+            .skip_while(|w| *w != "lladdr")
+            .nth(1)
+            .map(str::to_string)
+    };
+    assert!(reach(), "the host cannot reach {endpoint}");
+    let before = gateway_mac().expect("the host resolved the gateway");
+    for other in &others {
+        world.terminate(other).await.unwrap();
+    }
+    assert!(
+        reach(),
+        "the host lost {endpoint} once the other hosts were gone (gateway MAC was {before})"
+    );
+    assert_eq!(gateway_mac().as_deref(), Some(before.as_str()));
+}
+
 #[tokio::test]
 async fn a_zookeeper_ensemble_of_three_survives_losing_a_member() {
     testbed::require_root().unwrap();

@@ -60,6 +60,10 @@ from moto.moto_server.werkzeug_app import (
 )
 
 LOCK = threading.RLock()
+# Notified (under LOCK) whenever a call that may change EC2's state was served: the
+# hypervisor's state reads wait on it instead of polling on a fixed period.
+CHANGED = threading.Condition(LOCK)
+GENERATION = [0]  # calls served that may have changed state
 
 DEFAULTS = {
     "attach_delay": 0.0,  # seconds in "attaching"
@@ -1639,7 +1643,20 @@ def control(req):
         if path == "lifecycle-actions":
             return Response(json.dumps(open_actions()), content_type="application/json")
         if path == "state":
+            # `since` (a generation from an earlier answer) and `wait` (seconds): answer once
+            # something may have changed since, or once `wait` passed, or when a scheduled
+            # transition falls due, whichever comes first.
+            since = req.args.get("since", type=int)
+            if since is not None and since == GENERATION[0]:
+                until = time.monotonic() + min(float(req.args.get("wait", "0")), 1.0)
+                due = [d for d, _ in PENDING.values()]
+                if due:
+                    until = min(until, min(due))
+                while GENERATION[0] == since and time.monotonic() < until:
+                    CHANGED.wait(until - time.monotonic())
+                tick()
             body = state(req.args.get("region", "us-east-1"), req.args.get("vpc"))
+            body["generation"] = GENERATION[0]
             return Response(json.dumps(body), content_type="application/json")
         if path == "stack-status" and req.method == "POST":
             conf = json.loads(req.get_data())
@@ -1713,6 +1730,9 @@ class Testbed:
                 entry = STATS.setdefault(call["scope"], {}).setdefault(action, [0, 0.0])
                 entry[0] += 1
                 entry[1] += time.monotonic() - began
+                if not action.startswith(("Describe", "Get", "List")):
+                    GENERATION[0] += 1
+                    CHANGED.notify_all()
 
     def serve_locked(self, environ, start_response, call, service, action, protocol):
         if True:

@@ -324,7 +324,10 @@ fn boot_once(
     cmd.arg("--config")
         .arg(config)
         .arg("boot")
-        .env("KAFKA_AGENT_LOG", "kafka_agent=debug")
+        .env(
+            "KAFKA_AGENT_LOG",
+            std::env::var("KAFKA_TESTBED_AGENT_LOG").unwrap_or_else(|_| "kafka_agent=debug".into()),
+        )
         .stdout(out)
         .stderr(err);
     let start = Instant::now();
@@ -384,6 +387,8 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
     };
     let (mut walls, mut calls, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     let mut by_action: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut served: std::collections::BTreeMap<String, f64> = Default::default();
+    let keep_logs = std::env::var_os("KAFKA_TESTBED_BOOT_LOGS").map(PathBuf::from);
     let mut steps: std::collections::BTreeMap<String, Vec<Duration>> = Default::default();
     for i in 0..samples {
         let cluster = format!("{}-boot-{i}", world.id);
@@ -409,6 +414,13 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         let (wall, peak, out) =
             tokio::task::block_in_place(|| boot_once(&world, &second, &agent, &config))?;
         let after = services.moto.stats().await?;
+        if let Some(dir) = &keep_logs {
+            std::fs::create_dir_all(dir)?;
+            std::fs::copy(
+                world.host_dir(&second).join("boot.err"),
+                dir.join(format!("boot-{i}.err")),
+            )?;
+        }
         let v: serde_json::Value = serde_json::from_str(&out)?;
         if v["claim"]["how"] != "took_over" || v["attach"]["volume"]["id"].is_null() {
             bail!("not a replacement boot: {v}");
@@ -428,12 +440,13 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         calls.push(count(&after) - count(&before));
         rss.push(peak);
         if let Some(m) = after.get(&world.scope) {
-            for (a, (n, _)) in m {
-                let was = before
+            for (a, (n, secs)) in m {
+                let (was, was_secs) = before
                     .get(&world.scope)
                     .and_then(|b| b.get(a))
-                    .map_or(0, |(n, _)| *n);
+                    .map_or((0, 0.0), |(n, s)| (*n, *s));
                 *by_action.entry(a.clone()).or_default() += n - was;
+                *served.entry(a.clone()).or_default() += secs - was_secs;
             }
         }
     }
@@ -453,6 +466,16 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         .map(|(a, n)| format!("{a} {:.1}", *n as f64 / samples as f64))
         .collect();
     println!("calls per boot by action: {}", per.join(", "));
+    let per: Vec<String> = served
+        .iter()
+        .filter(|(a, _)| by_action.get(*a).is_some_and(|n| *n > 0))
+        .map(|(a, secs)| format!("{a} {:.1} ms", secs * 1000.0 / samples as f64))
+        .collect();
+    println!(
+        "moto's time serving them, per boot (under its lock, not counting HTTP): {} ({:.1} ms in all)",
+        per.join(", "),
+        served.values().sum::<f64>() * 1000.0 / samples as f64
+    );
     let per_step: Vec<String> = steps
         .iter_mut()
         .map(|(step, d)| {
