@@ -383,7 +383,7 @@ impl Deployed {
     }
 
     /// Terminates the instance serving broker `id` and follows its replacement until the
-    /// replacement's broker is registered and the stack has its signal (or `timeout`).
+    /// replacement's broker is registered and its launch hook completed (or `timeout`).
     pub async fn terminate_and_follow(
         &self,
         world: &World,
@@ -462,19 +462,22 @@ impl Deployed {
                     }
                 }
             }
+            // The stack completed long ago (a CreationPolicy counts signals during creation
+            // only): a replacement's truth goes to the launch hook.
             if let Some(inst) = &replacement
                 && !signalled
-                && signals
-                    .signals()
+                && let Some(result) = signals
+                    .lifecycle_actions()
                     .await
                     .unwrap_or_default()
                     .iter()
-                    .any(|s| s.unique_id == *inst && s.status == "SUCCESS")
+                    .find(|a| a.kind == "complete" && a.instance_id.as_deref() == Some(inst))
+                    .and_then(|a| a.result.clone())
             {
                 signalled = true;
                 events.push(Event {
                     at: t0.elapsed(),
-                    what: format!("the stack has SUCCESS from {inst}"),
+                    what: format!("the launch hook has {result} from {inst}"),
                 });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -85,7 +85,12 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // The testbed's own lines; its libraries' (a ZooKeeper session's INFO chatter) only when
+    // asked for through RUST_LOG.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,kafka_testbed=info"));
     tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .without_time()
         .init();
