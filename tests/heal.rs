@@ -154,3 +154,242 @@ async fn a_dead_broker_comes_back_with_its_id_address_and_records_zookeeper() {
 async fn a_dead_broker_comes_back_with_its_id_address_and_records_cloudwatch_logs() {
     a_dead_broker_comes_back_with_its_id_address_and_records("cloudwatch-logs").await;
 }
+
+/// Waits until each id in `ids` is served by an instance other than its `old` one; returns
+/// the new instances.
+async fn replaced(
+    world: &World,
+    cluster: &Deployed,
+    ids: &[u32],
+    old: &[String],
+    timeout: Duration,
+) -> Vec<String> {
+    let until = std::time::Instant::now() + timeout;
+    loop {
+        let serving = cluster.serving().await.unwrap_or_default();
+        let mut now = Vec::new();
+        for id in ids {
+            match cluster.instance_of(world, *id).await.unwrap() {
+                Some(i) if !old.contains(&i) && serving.contains_key(id) => now.push(i),
+                _ => break,
+            }
+        }
+        if now.len() == ids.len() {
+            return now;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "brokers {ids:?} not back after {timeout:?}; group: {:?}",
+            cluster.instances().await
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_brokers_terminated_at_once_both_come_back() {
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let cluster = deploy(&world, "zookeeper").await;
+    let nodes = broker_instances(&world, &cluster).await;
+    world
+        .ec2
+        .terminate_instances()
+        .instance_ids(&nodes[0])
+        .instance_ids(&nodes[2])
+        .send()
+        .await
+        .unwrap();
+    let back = replaced(&world, &cluster, &[0, 2], &nodes, Duration::from_secs(120)).await;
+    let instances = cluster.instances().await.unwrap();
+    for (inst, id) in back.iter().zip([0usize, 2]) {
+        assert_eq!(
+            instances[inst].0,
+            format!("us-east-1{}", cluster.brokers[id].az),
+            "{instances:?}"
+        );
+        let (code, out) = status(&world, inst).await;
+        assert_eq!(code, 0, "{inst}: {out}");
+    }
+    // Broker 1 was never disturbed.
+    assert_eq!(
+        cluster.instance_of(&world, 1).await.unwrap().as_deref(),
+        Some(nodes[1].as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_boot_killed_mid_way_is_finished_by_the_groups_next_instance() {
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let cluster = deploy(&world, "cloudwatch-logs").await;
+    let nodes = broker_instances(&world, &cluster).await;
+    let addr = format!("{}:9092", cluster.brokers[1].ip);
+    ask_broker(&world, &nodes[0], &addr, "APPEND orders kept").unwrap();
+    // Attachments take a while now: the replacement's boot is caught between its claim and
+    // its volume.
+    testbed::shared()
+        .moto
+        .configure(
+            &world.scope,
+            &testbed::aws::ScopeSettings {
+                attach_delay: Some(3.0),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    world.terminate(&nodes[1]).await.unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    let first = loop {
+        let group = cluster.instances().await.unwrap();
+        let claimed = group.keys().find(|i| {
+            !nodes.contains(i)
+                && world
+                    .host_dir(i)
+                    .join("var/lib/kafka-agent/claim.json")
+                    .exists()
+        });
+        if let Some(i) = claimed {
+            break i.clone();
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no replacement claimed: {group:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Its boot dies with its instance, mid-way (claimed, attaching).
+    assert!(
+        !world
+            .host_dir(&first)
+            .join("var/lib/kafka-agent/storage.json")
+            .exists(),
+        "the boot got past mount before it could be killed"
+    );
+    world.terminate(&first).await.unwrap();
+    let mut old = nodes.clone();
+    old.push(first.clone());
+    let back = replaced(&world, &cluster, &[1], &old, Duration::from_secs(120)).await;
+    let claim: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            world
+                .host_dir(&back[0])
+                .join("var/lib/kafka-agent/claim.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claim["id"], 1, "{claim}");
+    assert_eq!(claim["how"], "took_over", "{claim}");
+    let read = ask_broker(&world, &nodes[0], &addr, "READ orders").unwrap();
+    assert_eq!(read, vec!["kept"]);
+    let (code, out) = status(&world, &back[0]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+fn sha256_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("sha256sum")
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Whether a loop device still serves the image (its filesystem may still be in use).
+fn in_use(image: &std::path::Path) -> bool {
+    let out = std::process::Command::new("losetup")
+        .arg("-j")
+        .arg(image)
+        .output()
+        .unwrap();
+    !out.stdout.is_empty()
+}
+
+#[tokio::test]
+async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written() {
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let cluster = deploy(&world, "zookeeper").await;
+    let nodes = broker_instances(&world, &cluster).await;
+    // Broker 1's volume comes to hold another node's data (say, a volume restored from the
+    // wrong snapshot): its log directory says broker 7.
+    let meta = world
+        .host_dir(&nodes[1])
+        .join("var/lib/kafka/kafka-logs/meta.properties");
+    let text = std::fs::read_to_string(&meta).unwrap();
+    std::fs::write(&meta, text.replace("broker.id=1", "broker.id=7")).unwrap();
+    world.terminate(&nodes[1]).await.unwrap();
+    let image = world
+        .dir
+        .join("volumes")
+        .join(format!("{}.img", cluster.brokers[1].volume));
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while in_use(&image) {
+        assert!(
+            std::time::Instant::now() < until,
+            "the volume stays plugged"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = sha256_of(&image);
+
+    // Each replacement refuses, tells the hook ABANDON, and the group replaces it in turn.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    let abandoned = loop {
+        let actions = testbed::shared().moto.lifecycle_actions().await.unwrap();
+        let group: Vec<String> = cluster.instances().await.unwrap().into_keys().collect();
+        let gone: Vec<String> = actions
+            .iter()
+            .filter(|a| a.kind == "complete" && a.result.as_deref() == Some("ABANDON"))
+            .filter_map(|a| a.instance_id.clone())
+            .filter(|i| !group.contains(i))
+            .collect();
+        // Two replacements abandoned and gone, a third launched.
+        if gone.len() >= 2
+            && group
+                .iter()
+                .any(|i| !nodes.contains(i) && !gone.contains(i))
+        {
+            break gone;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no abandoned replacements: {actions:?}, group {group:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let journal: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            world
+                .host_dir(&abandoned[0])
+                .join("var/lib/kafka-agent/boot.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(journal["error"]["kind"], "identity_mismatch", "{journal}");
+    assert!(
+        journal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("holds node 7"),
+        "{journal}"
+    );
+    // Nothing served broker 1 meanwhile, and not a byte of its volume changed.
+    assert!(!cluster.serving().await.unwrap().contains_key(&1));
+    while in_use(&image) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if std::time::Instant::now() > until {
+            break;
+        }
+    }
+    assert_eq!(sha256_of(&image), before, "the volume was written to");
+}
