@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
+mod heal;
 
 use kafka_testbed::{self as testbed, cleanup};
 
@@ -75,6 +76,15 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         samples: usize,
     },
+    /// Time to heal: broker 1 terminated `samples` times in a cluster deployed through the
+    /// Auto Scaling Group; terminate call until its replacement's broker registers.
+    BenchHeal {
+        /// The claim backend: zookeeper or cloudwatch-logs.
+        #[arg(long, default_value = "zookeeper")]
+        backend: String,
+        #[arg(long, default_value_t = 10)]
+        samples: usize,
+    },
     /// Exit non-zero if any testbed left namespaces, loop devices, mounts or processes.
     Check,
     /// Remove everything testbeds left behind (of dead owners; --all: of every testbed).
@@ -114,6 +124,7 @@ fn main() -> ExitCode {
             samples,
         } => bench::attach(agent, delay, samples),
         Cmd::BenchBoot { agent, samples } => bench::boot(agent, samples),
+        Cmd::BenchHeal { backend, samples } => heal::run(&backend, samples),
         Cmd::Check => {
             let left = cleanup::leftovers(&testbed::root());
             if left.is_empty() {
