@@ -24,6 +24,10 @@ fn standin() -> PathBuf {
 }
 
 async fn deploy(world: &World, backend: &str) -> Deployed {
+    deploy_with(world, backend, false).await
+}
+
+async fn deploy_with(world: &World, backend: &str, launch_before_terminate: bool) -> Deployed {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let spec = Spec {
@@ -33,6 +37,7 @@ async fn deploy(world: &World, backend: &str) -> Deployed {
         agent: agent(),
         standin: standin(),
         deadline_seconds: 120,
+        launch_before_terminate,
     };
     let cluster = Deployed::deploy(world, testbed::shared(), spec)
         .await
@@ -392,4 +397,100 @@ async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_writ
         }
     }
     assert_eq!(sha256_of(&image), before, "the volume was written to");
+}
+
+/// The group keeps an unhealthy broker running until its replacement is healthy ("launch
+/// before terminating"): the replacement can never take the id, the ENI or the volume of a
+/// running instance, so it fails at once (`no_eligible_id`, naming the live owner) and is
+/// abandoned, instead of waiting out its deadline; the running broker keeps serving. The
+/// project's groups terminate first (the default policy): see the README.
+#[tokio::test]
+async fn launch_before_terminating_fails_the_replacement_fast_and_leaves_the_running_broker_alone()
+{
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let cluster = deploy_with(&world, "zookeeper", true).await;
+    let nodes = broker_instances(&world, &cluster).await;
+    let asg = aws_sdk_autoscaling::Client::new(
+        &testbed::shared()
+            .moto
+            .sdk_config(&format!("{}-admin", world.id)),
+    );
+    asg.set_instance_health()
+        .instance_id(&nodes[1])
+        .health_status("Unhealthy")
+        .should_respect_grace_period(false)
+        .send()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let until = started + Duration::from_secs(60);
+    let (replacement, journal) = loop {
+        let group = cluster.instances().await.unwrap();
+        let failed = group.keys().filter(|i| !nodes.contains(i)).find_map(|i| {
+            let text =
+                std::fs::read_to_string(world.host_dir(i).join("var/lib/kafka-agent/boot.json"))
+                    .ok()?;
+            let j: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (j["outcome"] == "failure").then(|| (i.clone(), j))
+        });
+        if let Some(f) = failed {
+            break f;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "no replacement failed: {group:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // Within seconds, not the boot deadline (120 s).
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(journal["error"]["kind"], "no_eligible_id", "{journal}");
+    assert!(
+        journal["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&nodes[1]),
+        "{journal}"
+    );
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let actions = testbed::shared().moto.lifecycle_actions().await.unwrap();
+        if actions.iter().any(|a| {
+            a.instance_id.as_deref() == Some(replacement.as_str())
+                && a.result.as_deref() == Some("ABANDON")
+        }) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{actions:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The unhealthy broker still runs and serves with its ENI and volume.
+    assert_eq!(
+        cluster.instance_of(&world, 1).await.unwrap().as_deref(),
+        Some(nodes[1].as_str())
+    );
+    assert!(cluster.serving().await.unwrap().contains_key(&1));
+    let attach: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            world
+                .host_dir(&replacement)
+                .join("var/lib/kafka-agent/boot.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(
+        !attach["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["step"] == "attach"),
+        "the replacement went on to attach: {attach}"
+    );
 }

@@ -33,6 +33,10 @@ pub struct Spec {
     pub standin: PathBuf,
     /// The agent's boot deadline.
     pub deadline_seconds: u32,
+    /// The group's instance maintenance policy launches a replacement before terminating an
+    /// unhealthy instance (MinHealthyPercentage 100, MaxHealthyPercentage 200) instead of the
+    /// default, terminate first. The project's deployments use the default: see README.
+    pub launch_before_terminate: bool,
 }
 
 /// One broker id's resources.
@@ -224,6 +228,12 @@ impl Deployed {
             .tags(tag("aws:cloudformation:stack-name", &stack))
             .tags(tag("aws:cloudformation:logical-id", LOGICAL_ID))
             .tags(tag("kafka-agent:cluster", &spec.name))
+            .set_instance_maintenance_policy(spec.launch_before_terminate.then(|| {
+                aws_sdk_autoscaling::types::InstanceMaintenancePolicy::builder()
+                    .min_healthy_percentage(100)
+                    .max_healthy_percentage(200)
+                    .build()
+            }))
             .send()
             .await
             .context("CreateAutoScalingGroup")?;

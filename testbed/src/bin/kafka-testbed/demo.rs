@@ -50,6 +50,7 @@ pub async fn run(name: &str, backend: &str, hold: bool) -> Result<()> {
         agent: agent.clone(),
         standin,
         deadline_seconds: 300,
+        launch_before_terminate: false,
     };
     let started = Instant::now();
     let cluster = Deployed::deploy(&world, &services, spec).await?;

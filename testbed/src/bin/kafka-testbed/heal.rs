@@ -45,6 +45,7 @@ pub async fn run(backend: &str, samples: usize) -> Result<()> {
         agent: dir.join("kafka-agent"),
         standin: dir.join("kafka-standin"),
         deadline_seconds: 300,
+        launch_before_terminate: false,
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     cluster.wait_serving(Duration::from_secs(180)).await?;
