@@ -310,11 +310,12 @@ async fn throttled_cloudwatch_logs_is_retried_until_every_agent_holds_an_id() {
     cluster.deadline = 300;
     let results =
         futures::future::join_all(instances.iter().map(|i| cluster.claim(&world, i))).await;
-    let ids: BTreeSet<u32> = results
+    let claims: Vec<(u32, String)> = results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|e| panic!("{e:?}")).0)
+        .map(|r| r.unwrap_or_else(|e| panic!("{e:?}")))
         .collect();
-    assert_eq!(ids, (0..8).collect());
+    let ids: BTreeSet<u32> = claims.iter().map(|c| c.0).collect();
+    assert_eq!(ids, (0..8).collect(), "{claims:?}");
 }
 
 #[tokio::test]

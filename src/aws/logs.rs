@@ -42,6 +42,21 @@ impl ServiceClock {
     }
 }
 
+/// What CreateLogStream came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Created {
+    /// This call made the stream.
+    Made,
+    /// The stream exists; `maybe_applied`: an earlier attempt of this call may have made it
+    /// (its reply was lost), else another caller did.
+    Existed { maybe_applied: bool },
+}
+
+/// Context of a failed CreateLogStream whose attempts may have made the stream.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("an attempt to create stream {0} may have been applied")]
+pub struct MaybeMade(pub String);
+
 /// Feeds every response's `Date` header to the [`ServiceClock`].
 #[derive(Debug)]
 struct DateHeader(ServiceClock);
@@ -193,23 +208,54 @@ impl Logs {
     }
 
     /// Creates a stream: true if this call created it, false if it existed already.
-    pub async fn create_stream(&self, group: &str, stream: &str) -> Result<bool> {
-        match self
-            .client
-            .create_log_stream()
-            .log_group_name(group)
-            .log_stream_name(stream)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_resource_already_exists_exception()) =>
-            {
-                Ok(false)
+    pub async fn create_stream(&self, group: &str, stream: &str) -> Result<Created> {
+        use aws_sdk_cloudwatchlogs::error::SdkError;
+        // The SDK's own retries are off for this call: whether an earlier attempt may have
+        // been applied decides whether an existing stream may be our own, so every attempt's
+        // outcome is seen here. A 4xx (throttling included) was not applied; a 5xx, a timeout
+        // or a lost connection may have been.
+        let mut maybe_applied = false;
+        let mut backoff = crate::backoff::Backoff::new(
+            std::time::Duration::from_millis(50),
+            std::time::Duration::from_millis(400),
+            Instant::now() + std::time::Duration::from_secs(3),
+        );
+        loop {
+            let sent = self
+                .client
+                .create_log_stream()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .customize()
+                .config_override(
+                    aws_sdk_cloudwatchlogs::config::Builder::default()
+                        .retry_config(aws_smithy_types::retry::RetryConfig::disabled()),
+                )
+                .send()
+                .await;
+            let e = match sent {
+                Ok(_) => return Ok(Created::Made),
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_resource_already_exists_exception()) =>
+                {
+                    return Ok(Created::Existed { maybe_applied });
+                }
+                Err(e) => e,
+            };
+            maybe_applied |= match &e {
+                SdkError::ServiceError(s) => s.raw().status().as_u16() >= 500,
+                SdkError::ConstructionFailure(_) => false,
+                _ => true,
+            };
+            let err = aws_error(e, &format!("creating stream {stream}"));
+            if !super::is_transient(&err) || !backoff.wait().await {
+                return Err(if maybe_applied {
+                    err.context(MaybeMade(stream.to_string()))
+                } else {
+                    err
+                });
             }
-            Err(e) => Err(aws_error(e, &format!("creating stream {stream}"))),
         }
     }
 

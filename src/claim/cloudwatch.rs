@@ -11,7 +11,7 @@ use anyhow::Result;
 use super::{ABANDONED_AFTER, ClaimError, Record, Slot};
 use crate::aws::Clients;
 use crate::aws::Transient;
-use crate::aws::logs::Logs;
+use crate::aws::logs::{Created, Logs};
 use crate::config::{Role, Settings};
 
 pub struct CwlLedger {
@@ -25,6 +25,9 @@ pub struct CwlLedger {
     )>,
     /// Owner records already read, by stream: a stream's first event never changes.
     owners: std::sync::Mutex<std::collections::HashMap<String, Record>>,
+    /// Streams an earlier, failed create of this boot may have made (a 5xx, a timeout), with
+    /// the service's time (a lower bound) when that create was first asked.
+    maybe_made: std::sync::Mutex<BTreeMap<String, Option<i64>>>,
 }
 
 /// Parses `id-<id>.epoch-<epoch>`.
@@ -67,6 +70,7 @@ impl CwlLedger {
             group,
             registry,
             owners: Default::default(),
+            maybe_made: Default::default(),
         })
     }
 
@@ -153,15 +157,38 @@ impl CwlLedger {
     /// contender holds the stream.
     ///
     /// An existing stream is still ours to complete when its record is ours, or when it has no
-    /// record and the service made it after this call began: the SDK retries a
-    /// CreateLogStream whose reply was lost (a timeout, a 5xx) after it was applied, and the
-    /// retry meets ResourceAlreadyExists for the stream this very call made.
+    /// record, one of our own create attempts may have made it (its reply was lost: a timeout,
+    /// a 5xx), and the service made it after that attempt began: the retry meets
+    /// ResourceAlreadyExists for the stream this very agent made. An attempt refused with a 4xx
+    /// (throttling) made nothing, so after such refusals alone the stream is another's.
     pub async fn create(&self, id: u32, epoch: u64, record: &Record) -> Result<bool> {
         let name = stream_name(id, epoch);
         let asked = Instant::now();
         let asked_ms = self.logs.clock().now_ms();
         let mut existing = None;
-        if !self.logs.create_stream(&self.group, &name).await? {
+        let created = match self.logs.create_stream(&self.group, &name).await {
+            Ok(c) => c,
+            Err(e) => {
+                if e.chain().any(|c| c.is::<crate::aws::logs::MaybeMade>()) {
+                    self.maybe_made
+                        .lock()
+                        .unwrap()
+                        .entry(name.clone())
+                        .or_insert(asked_ms);
+                }
+                return Err(e);
+            }
+        };
+        if let Created::Existed { maybe_applied } = created {
+            // Ours only if one of our own attempts may have made it: an attempt refused with a
+            // 4xx (throttling) was not applied, and the stream is then another's.
+            let earlier = self.maybe_made.lock().unwrap().get(&name).copied();
+            let maybe_ours = maybe_applied || earlier.is_some();
+            // The earliest time one of our creates of this stream was asked.
+            let asked_ms = match (earlier.flatten(), asked_ms) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let Some(stream) = self.logs.stream(&self.group, &name).await? else {
                 return Ok(false);
             };
@@ -169,10 +196,11 @@ impl CwlLedger {
                 Some(r) if r.owner == record.owner => existing = Some(r),
                 Some(_) => return Ok(false),
                 None => {
-                    // Made by our own (retried) call only if the service made it after we
-                    // asked: `asked_ms` is a lower bound of the service's time then.
-                    let ours =
-                        matches!((asked_ms, stream.created_ms), (Some(a), Some(c)) if c >= a);
+                    // Made by our own (retried) call only if one of our attempts may have
+                    // been applied and the service made it after we asked: `asked_ms` is a
+                    // lower bound of the service's time then.
+                    let ours = maybe_ours
+                        && matches!((asked_ms, stream.created_ms), (Some(a), Some(c)) if c >= a);
                     if !ours || stream.first_event_ms.is_some() {
                         return Ok(false);
                     }
