@@ -484,14 +484,23 @@ async fn eligibility(
     let mut found: BTreeMap<u32, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
     // id -> kind -> the resources in this AZ
     let mut here: BTreeMap<(u32, ResourceKind), Vec<String>> = BTreeMap::new();
-    for (kind, wanted) in [
-        (ResourceKind::Eni, res.eni),
-        (ResourceKind::Volume, res.volume),
-    ] {
-        if !wanted {
-            continue;
+    // Both kinds at once: two independent Describe calls.
+    let look = |kind: ResourceKind, wanted: bool| {
+        let selector = &selector;
+        async move {
+            if wanted {
+                clients.ec2.tagged(kind, selector, None).await
+            } else {
+                Ok(Vec::new())
+            }
         }
-        for r in clients.ec2.tagged(kind, &selector, None).await? {
+    };
+    let (enis, volumes) = tokio::join!(
+        look(ResourceKind::Eni, res.eni),
+        look(ResourceKind::Volume, res.volume)
+    );
+    for (kind, found_now) in [(ResourceKind::Eni, enis?), (ResourceKind::Volume, volumes?)] {
+        for r in found_now {
             let id = r.tags.get(&tags.id_key).and_then(|v| tags.parse_id(v));
             if let Some(id) = id {
                 if r.az == me.az {
@@ -706,7 +715,23 @@ impl<'a> Claimer<'a> {
     /// One attempt: observe (or reuse the last look after a lost race), plan, apply the plan.
     async fn attempt(&mut self) -> Result<Step> {
         if self.ledger.is_none() {
-            self.ledger = Some(Ledger::open(self.settings, self.clients).await?);
+            // The eligibility (EC2's tags) is asked while the ledger opens (a ZooKeeper
+            // session takes a round trip or two): both are needed before anything else.
+            let need_tags = self.memory.ineligible.is_none();
+            let ids: Vec<u32> = self.settings.cluster.ids().collect();
+            let (ledger, tags) = tokio::join!(Ledger::open(self.settings, self.clients), async {
+                if need_tags {
+                    Some(eligibility(self.settings, self.clients, self.me, &ids).await)
+                } else {
+                    None
+                }
+            });
+            self.ledger = Some(ledger?);
+            if let Some(tags) = tags {
+                let (ineligible, resources) = tags?;
+                self.memory.ineligible = Some(ineligible);
+                self.memory.resources = Some(resources);
+            }
         }
         let ledger = self.ledger.as_ref().expect("opened above");
         let (mut obs, stale) = match self.cached.take() {
