@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use kafka_agent::config::{self, Settings};
 use kafka_agent::render::{self, Inputs, RenderError, Template, properties};
@@ -527,108 +526,21 @@ fn unchanged_render_is_not_rewritten_and_the_file_is_0640() {
 
 // --- Java ---------------------------------------------------------------------------------
 
-/// Loads a file with java.util.Properties.load(InputStream), as Kafka's Utils.loadProps does,
-/// and prints every key and value sorted, with \, = and anything outside printable ASCII
-/// escaped so that the output is one line per entry.
-const PROPS_JAVA: &str = r#"
-import java.io.*;
-import java.util.*;
-
-public class Props {
-    static String esc(String s) {
-        StringBuilder b = new StringBuilder();
-        for (char c : s.toCharArray()) {
-            if (c == '\\') b.append("\\\\");
-            else if (c == '=') b.append("\\=");
-            else if (c < 0x20 || c > 0x7e) b.append(String.format("\\u%04X", (int) c));
-            else b.append(c);
-        }
-        return b.toString();
-    }
-    public static void main(String[] args) throws Exception {
-        Properties p = new Properties();
-        try (InputStream in = new FileInputStream(args[0])) { p.load(in); }
-        for (String k : new TreeSet<>(p.stringPropertyNames())) {
-            System.out.println(esc(k) + "=" + esc(p.getProperty(k)));
-        }
-    }
-}
-"#;
-
-/// The same one-line form as Props.esc, for the expected side.
-fn esc(s: &str) -> String {
-    let mut out = String::new();
-    for unit in s.encode_utf16() {
-        match unit {
-            0x5c => out.push_str("\\\\"),
-            0x3d => out.push_str("\\="),
-            0x20..=0x7e => out.push(unit as u8 as char),
-            u => out.push_str(&format!("\\u{u:04X}")),
-        }
-    }
-    out
-}
-
-fn java() -> PathBuf {
-    let mut candidates = Vec::new();
-    if let Some(home) = std::env::var_os("JAVA_HOME") {
-        candidates.push(PathBuf::from(home).join("bin/java"));
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        candidates.extend(std::env::split_paths(&path).map(|d| d.join("java")));
-    }
-    if let Ok(entries) = std::fs::read_dir("/usr/lib/jvm") {
-        let mut jvms: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path().join("bin/java"))
-            .collect();
-        jvms.sort();
-        candidates.extend(jvms);
-    }
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "no `java` found (JAVA_HOME, PATH, /usr/lib/jvm/*/bin/java): these tests read the \
-             rendered files with java.util.Properties; install OpenJDK (it comes with the Debian \
-             zookeeper package: apt-get install default-jre-headless)"
-            )
-        })
-}
-
 /// The whole map java.util.Properties reads from `file`, each entry in the esc form.
 fn java_load(file: &Path) -> Vec<String> {
-    let dir = tempfile::tempdir().unwrap();
-    let src = dir.path().join("Props.java");
-    std::fs::write(&src, PROPS_JAVA).unwrap();
-    let java = java();
-    let out = Command::new(&java)
-        .arg(&src)
-        .arg(file)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", java.display()));
-    assert!(
-        out.status.success(),
-        "{} Props.java {}: {}\n{}",
-        java.display(),
-        file.display(),
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut lines: Vec<String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
+    kafka_testbed::java::load(file).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn assert_maps_equal(java: &[String], expected: &BTreeMap<String, String>, what: &str) {
     let mut want: Vec<String> = expected
         .iter()
-        .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+        .map(|(k, v)| {
+            format!(
+                "{}={}",
+                kafka_testbed::java::esc(k),
+                kafka_testbed::java::esc(v)
+            )
+        })
         .collect();
     want.sort();
     let missing: Vec<&String> = want.iter().filter(|l| !java.contains(l)).collect();

@@ -24,6 +24,7 @@ pub mod host;
 pub mod http;
 pub mod hypervisor;
 pub mod imds;
+pub mod java;
 pub mod netns;
 pub mod process;
 pub mod standin;

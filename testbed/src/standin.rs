@@ -1186,69 +1186,17 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("corner.properties");
         std::fs::write(&file, text).unwrap();
-        let src = dir.join("Props.java");
-        std::fs::write(&src, PROPS_JAVA).unwrap();
-        let out = std::process::Command::new("java")
-            .arg(&src)
-            .arg(&file)
-            .output()
-            .expect("running java (OpenJDK comes with the Debian zookeeper package)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let java: Vec<String> = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let ours: Vec<String> = parse(text)
+        let java = crate::java::load(&file).unwrap();
+        let mut ours: Vec<String> = parse(text)
             .unwrap()
             .map()
             .iter()
-            .map(|(k, v)| format!("{}={}", esc(k), esc(v)))
+            .map(|(k, v)| format!("{}={}", crate::java::esc(k), crate::java::esc(v)))
             .collect();
+        ours.sort();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(ours, java);
         assert!(ours.contains(&"cont=1,2,3".to_string()), "{ours:?}");
-    }
-
-    const PROPS_JAVA: &str = r#"
-import java.io.*;
-import java.util.*;
-public class Props {
-    static String esc(String s) {
-        StringBuilder b = new StringBuilder();
-        for (char c : s.toCharArray()) {
-            if (c == '\\') b.append("\\\\");
-            else if (c == '=') b.append("\\=");
-            else if (c < 0x20 || c > 0x7e) b.append(String.format("\\u%04X", (int) c));
-            else b.append(c);
-        }
-        return b.toString();
-    }
-    public static void main(String[] args) throws Exception {
-        Properties p = new Properties();
-        try (InputStream in = new FileInputStream(args[0])) { p.load(in); }
-        for (String k : new TreeSet<>(p.stringPropertyNames())) {
-            System.out.println(esc(k) + "=" + esc(p.getProperty(k)));
-        }
-    }
-}
-"#;
-
-    fn esc(s: &str) -> String {
-        let mut out = String::new();
-        for unit in s.encode_utf16() {
-            match unit {
-                0x5c => out.push_str("\\\\"),
-                0x3d => out.push_str("\\="),
-                0x20..=0x7e => out.push(unit as u8 as char),
-                u => out.push_str(&format!("\\u{u:04X}")),
-            }
-        }
-        out
     }
 
     fn config(text: &str) -> Result<Config, Refused> {
