@@ -55,6 +55,11 @@ pub enum Command {
     /// signal SUCCESS to CloudFormation and CONTINUE to the lifecycle hook; FAILURE and
     /// ABANDON with kind `not_ready` when it never does. Prints what was sent.
     Signal,
+    /// Watch the local broker until stopped (`[watch]`): after `unhealthy_after_seconds` of
+    /// continuous failure mark the instance Unhealthy so the group replaces it; never within
+    /// the grace period after boot, never while ZooKeeper is unreachable, one replacement per
+    /// cluster at a time (a lease). Journals what it sees as `watch.json`.
+    Watch,
     /// Report the node's health from the journal and local live checks; exits 0 healthy,
     /// 1 degraded, 2 failed, 3 unknown (never booted, journal unreadable).
     Status {
@@ -152,6 +157,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             let sent = deadline.run("signal", step).await?;
             println!("{}", serde_json::to_string(&sent)?);
             Ok(())
+        }
+        Command::Watch => {
+            let settings = config::load(&cli.config)?;
+            if let Some(zk) = &settings.zookeeper {
+                tracing::info!(service = %"zookeeper", connect = %zk.connect, "endpoint");
+            }
+            crate::watch::run(&settings).await
         }
         Command::Config { files } => {
             let settings = config::load(&cli.config)?;

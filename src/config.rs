@@ -64,6 +64,31 @@ pub struct Settings {
     pub kafka: Option<Kafka>,
     /// How readiness is judged and who is told (`[signal]`).
     pub signal: SignalSettings,
+    /// How `kafka-agent watch` judges the broker (`[watch]`).
+    pub watch: WatchSettings,
+}
+
+/// `[watch]`: the watchdog's pace, patience and bounds (`kafka-agent watch`).
+#[derive(Debug, Clone, Serialize)]
+pub struct WatchSettings {
+    /// How often the broker is checked.
+    #[serde(rename = "interval_seconds", serialize_with = "as_seconds")]
+    pub interval: Duration,
+    /// How long the broker must fail continuously (while the coordination service answers)
+    /// before the instance is marked Unhealthy.
+    #[serde(rename = "unhealthy_after_seconds", serialize_with = "as_seconds")]
+    pub unhealthy_after: Duration,
+    /// How long after a successful boot nothing is marked (a starting broker recovers its logs).
+    #[serde(rename = "grace_period_seconds", serialize_with = "as_seconds")]
+    pub grace_period: Duration,
+    /// How long a replacement lease holds at most when its replacement never registers.
+    #[serde(rename = "lease_bound_seconds", serialize_with = "as_seconds")]
+    pub lease_bound: Duration,
+    /// How long the broker's listener has to answer a check.
+    #[serde(rename = "listener_timeout_seconds", serialize_with = "as_seconds")]
+    pub listener_timeout: Duration,
+    /// The broker's pidfile; `None` = the process is judged by its listener and registration.
+    pub pidfile: Option<PathBuf>,
 }
 
 /// `[signal]`: when the node counts as serving, and whom `signal` (and a failed `boot`) tells.
@@ -371,6 +396,19 @@ struct Raw {
     kafka: Option<RawKafka>,
     #[serde(default)]
     signal: RawSignal,
+    #[serde(default)]
+    watch: RawWatch,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWatch {
+    interval_seconds: Option<i64>,
+    unhealthy_after_seconds: Option<i64>,
+    grace_period_seconds: Option<i64>,
+    lease_bound_seconds: Option<i64>,
+    listener_timeout_seconds: Option<i64>,
+    pidfile: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -869,8 +907,10 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
         ));
     }
     let signal = validate_signal(raw.signal, err)?;
+    let watch = validate_watch(raw.watch, err)?;
     Ok(Settings {
         signal,
+        watch,
         kafka,
         storage,
         claim: ClaimSettings {
@@ -1335,6 +1375,62 @@ fn validate_signal(
         heartbeat: Duration::from_secs(heartbeat as u64),
         ready_command: raw.ready_command,
         failure_tag,
+    })
+}
+
+/// `[watch]`: bounded durations, an absolute pidfile. A check that takes longer than the
+/// interval delays the next one (never two at once).
+fn validate_watch(
+    raw: RawWatch,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<WatchSettings, ConfigError> {
+    let secs = |key: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| {
+        in_range(key, v.unwrap_or(default), lo, hi, err).map(|s| Duration::from_secs(s as u64))
+    };
+    let interval = secs("watch.interval_seconds", raw.interval_seconds, 10, 1, 3_600)?;
+    let unhealthy_after = secs(
+        "watch.unhealthy_after_seconds",
+        raw.unhealthy_after_seconds,
+        60,
+        1,
+        86_400,
+    )?;
+    let grace_period = secs(
+        "watch.grace_period_seconds",
+        raw.grace_period_seconds,
+        600,
+        0,
+        86_400,
+    )?;
+    let lease_bound = secs(
+        "watch.lease_bound_seconds",
+        raw.lease_bound_seconds,
+        900,
+        10,
+        86_400,
+    )?;
+    let listener_timeout = secs(
+        "watch.listener_timeout_seconds",
+        raw.listener_timeout_seconds,
+        5,
+        1,
+        60,
+    )?;
+    if let Some(p) = &raw.pidfile
+        && !p.is_absolute()
+    {
+        return Err(err(
+            "watch.pidfile",
+            format!("{} is relative; expected an absolute path", p.display()),
+        ));
+    }
+    Ok(WatchSettings {
+        interval,
+        unhealthy_after,
+        grace_period,
+        lease_bound,
+        listener_timeout,
+        pidfile: raw.pidfile,
     })
 }
 

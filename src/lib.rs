@@ -31,3 +31,4 @@ pub mod render;
 pub mod signal;
 pub mod status;
 pub mod storage;
+pub mod watch;

@@ -246,3 +246,106 @@ impl ZkLedger {
         }
     }
 }
+
+// --- the replacement lease (kafka-agent watch) --------------------------------------------
+//
+// One persistent znode `<claim.path's parent>/replacing` per cluster holds the JSON lease
+// of the one replacement in flight (`crate::watch::Lease`). It is created atomically (a
+// create fails if it exists) and a stale one is replaced by a `set_data` conditioned on the
+// version read, as a claim is taken over: of two watchdogs exactly one wins. Whether a
+// lease still holds is judged by `crate::watch::lease_state` (pure) from what is read here.
+
+/// The lease znode of the cluster whose claims live under `claim_path`.
+pub fn lease_path(claim_path: &str) -> String {
+    match claim_path.rsplit_once('/') {
+        Some((parent, _)) if !parent.is_empty() => format!("{parent}/replacing"),
+        _ => "/replacing".to_string(),
+    }
+}
+
+/// The lease znode as read: its data, its version (the fencing token of a replacement), and
+/// its age on the ensemble's clock when that could be read.
+#[derive(Debug, Clone)]
+pub struct LeaseNode {
+    pub data: Vec<u8>,
+    pub version: i32,
+    pub age: Option<Duration>,
+}
+
+/// Reads the lease; None when no replacement was ever leased. `aged` asks for its age on the
+/// ensemble's clock (two more calls: an ephemeral node made and removed under `claim_path`).
+pub async fn read_lease(
+    client: &Client,
+    claim_path: &str,
+    aged: bool,
+) -> Result<Option<LeaseNode>> {
+    let node = lease_path(claim_path);
+    let (data, stat) = match client.get_data(&node).await {
+        Ok(v) => v,
+        Err(ZkError::NoNode) => return Ok(None),
+        Err(e) => return Err(zk_error(e, &format!("reading {node}"))),
+    };
+    let age = if aged {
+        server_time(client, claim_path).await.map(|(ms, at)| {
+            let now = ms + at.elapsed().as_millis() as i64;
+            Duration::from_millis(now.saturating_sub(stat.mtime).max(0) as u64)
+        })
+    } else {
+        None
+    };
+    Ok(Some(LeaseNode {
+        data,
+        version: stat.version,
+        age,
+    }))
+}
+
+/// Takes the lease: creates it when there is none (`version` None), or replaces the stale
+/// one read at `version`. False when another watchdog moved first.
+pub async fn take_lease(
+    client: &Client,
+    claim_path: &str,
+    protected: bool,
+    version: Option<i32>,
+    data: &[u8],
+) -> Result<bool> {
+    let node = lease_path(claim_path);
+    let done = match version {
+        None => client
+            .create(&node, data, &options(protected))
+            .await
+            .map(|_| ()),
+        Some(v) => client.set_data(&node, data, Some(v)).await.map(|_| ()),
+    };
+    match done {
+        Ok(()) => Ok(true),
+        Err(ZkError::NodeExists | ZkError::BadVersion | ZkError::NoNode) => Ok(false),
+        Err(e) => Err(zk_error(e, &format!("taking the replacement lease {node}"))),
+    }
+}
+
+/// Gives the lease back (the holder's broker recovered, or marking it failed): a delete
+/// conditioned on the version the holder read. False when it changed meanwhile.
+pub async fn release_lease(client: &Client, claim_path: &str, version: i32) -> Result<bool> {
+    let node = lease_path(claim_path);
+    match client.delete(&node, Some(version)).await {
+        Ok(()) => Ok(true),
+        Err(ZkError::BadVersion | ZkError::NoNode) => Ok(false),
+        Err(e) => Err(zk_error(
+            e,
+            &format!("releasing the replacement lease {node}"),
+        )),
+    }
+}
+
+/// The instance that owns `id`'s claim record under `claim_path`, if any (read only).
+pub async fn claim_owner(client: &Client, claim_path: &str, id: u32) -> Result<Option<String>> {
+    let node = format!("{claim_path}/{id}");
+    match client.get_data(&node).await {
+        Ok((data, _)) => Ok(serde_json::from_slice::<Record>(&data)
+            .ok()
+            .map(|r| r.owner)),
+        Err(ZkError::NoNode) => Ok(None),
+        Err(e) => Err(zk_error(e, &format!("reading {node}"))),
+    }
+}
