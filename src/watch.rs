@@ -825,7 +825,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         clients: None,
         marked_at: None,
     };
-    let mut last: Option<(&'static str, String)> = None;
+    let mut last: Option<String> = None;
     let mut tick = tokio::time::interval(w.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -857,10 +857,16 @@ pub async fn run(settings: &Settings) -> Result<()> {
             ),
         };
         let decision = watchdog.observe(&policy, &obs);
-        let summary = (
-            decision.name(),
-            serde_json::to_string(&decision).unwrap_or_default(),
-        );
+        // A change of decision or of its reason, not of the seconds counted.
+        let summary = match &decision {
+            Decision::HoldBack { why, .. } => {
+                format!(
+                    "hold_back {}",
+                    serde_json::to_string(why).unwrap_or_default()
+                )
+            }
+            other => other.name().to_string(),
+        };
         if last.as_ref() != Some(&summary) {
             log_transition(&decision, &obs, node.as_ref());
             last = Some(summary);
