@@ -1,5 +1,9 @@
 //! kafka-agent's entry point: parse arguments, set up logging, run, map the error to an exit code.
 
+// The whole command is one future (boot's steps nest deeply); computing its layout needs more
+// than the default query depth.
+#![recursion_limit = "256"]
+
 use clap::Parser;
 use kafka_agent::{cli, exit};
 

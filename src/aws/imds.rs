@@ -77,12 +77,24 @@ impl Imds {
 
     /// This instance's identity, retrying transient answers until `deadline`.
     pub async fn identity(&self, deadline: Instant) -> Result<Identity> {
-        let get = |path: &'static str| super::retry_transient(deadline, move || self.get(path));
+        let get =
+            |path: &'static str| super::retry_transient(deadline, move || self.get_nonempty(path));
         Ok(Identity {
             instance_id: get("/latest/meta-data/instance-id").await?,
             az: get("/latest/meta-data/placement/availability-zone").await?,
             region: get("/latest/meta-data/placement/region").await?,
         })
+    }
+
+    /// A path that must not answer empty: an empty identity names nobody (claims, tags and
+    /// signals would). IMDS serves a running instance, never an empty instance-id; one that
+    /// does is not ready, and is asked again like any transient answer.
+    async fn get_nonempty(&self, path: &str) -> Result<String> {
+        let v = self.get(path).await?;
+        if v.trim().is_empty() {
+            return Err(super::Transient(anyhow::anyhow!("IMDS answered {path} empty")).into());
+        }
+        Ok(v)
     }
 
     /// The instance's primary private address, retrying transient answers until `deadline`.

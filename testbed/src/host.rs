@@ -94,7 +94,16 @@ pub(crate) fn boot(
             user_data: None,
         };
         let procs = procs.clone();
+        let metadata = imds.clone();
         rt.spawn(async move {
+            // EC2's IMDS serves an instance before its OS boots: the hypervisor fills this
+            // host's in the same pass that made the host, so wait for that.
+            for _ in 0..1000 {
+                if !metadata.metadata.read().unwrap().instance_id.is_empty() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             let user_data = user_data(&admin, &host.instance_id).await;
             cloudinit::boot(spec, HostBoot { user_data, ..host }, procs).await;
         });
