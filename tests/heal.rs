@@ -27,6 +27,10 @@ async fn deploy(world: &World, backend: &str) -> Deployed {
     deploy_with(world, backend, false).await
 }
 
+/// Clusters deployed at once in this binary: each is three agents and three brokers, and the
+/// machine has two cores (shared with the other test binaries' builds in CI).
+static CLUSTERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
+
 async fn deploy_with(world: &World, backend: &str, launch_before_terminate: bool) -> Deployed {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -43,7 +47,7 @@ async fn deploy_with(world: &World, backend: &str, launch_before_terminate: bool
         .await
         .unwrap();
     cluster
-        .wait_serving(Duration::from_secs(120))
+        .wait_serving(world, Duration::from_secs(120))
         .await
         .unwrap();
     cluster
@@ -76,6 +80,7 @@ async fn broker_instances(world: &World, cluster: &Deployed) -> Vec<String> {
 }
 
 async fn a_dead_broker_comes_back_with_its_id_address_and_records(backend: &str) {
+    let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
@@ -192,11 +197,21 @@ async fn replaced(
 }
 
 #[tokio::test]
-async fn two_brokers_terminated_at_once_both_come_back() {
+async fn two_brokers_terminated_at_once_both_come_back_zookeeper() {
+    two_brokers_terminated_at_once_both_come_back("zookeeper").await;
+}
+
+#[tokio::test]
+async fn two_brokers_terminated_at_once_both_come_back_cloudwatch_logs() {
+    two_brokers_terminated_at_once_both_come_back("cloudwatch-logs").await;
+}
+
+async fn two_brokers_terminated_at_once_both_come_back(backend: &str) {
+    let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
-    let cluster = deploy(&world, "zookeeper").await;
+    let cluster = deploy(&world, backend).await;
     let nodes = broker_instances(&world, &cluster).await;
     world
         .ec2
@@ -225,11 +240,21 @@ async fn two_brokers_terminated_at_once_both_come_back() {
 }
 
 #[tokio::test]
-async fn a_boot_killed_mid_way_is_finished_by_the_groups_next_instance() {
+async fn a_boot_killed_mid_way_is_finished_by_the_groups_next_instance_zookeeper() {
+    a_boot_killed_mid_way_is_finished_by_the_groups_next_instance("zookeeper").await;
+}
+
+#[tokio::test]
+async fn a_boot_killed_mid_way_is_finished_by_the_groups_next_instance_cloudwatch_logs() {
+    a_boot_killed_mid_way_is_finished_by_the_groups_next_instance("cloudwatch-logs").await;
+}
+
+async fn a_boot_killed_mid_way_is_finished_by_the_groups_next_instance(backend: &str) {
+    let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
-    let cluster = deploy(&world, "cloudwatch-logs").await;
+    let cluster = deploy(&world, backend).await;
     let nodes = broker_instances(&world, &cluster).await;
     let addr = format!("{}:9092", cluster.brokers[1].ip);
     ask_broker(&world, &nodes[0], &addr, "APPEND orders kept").unwrap();
@@ -318,11 +343,23 @@ fn in_use(image: &std::path::Path) -> bool {
 }
 
 #[tokio::test]
-async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written() {
+async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written_zookeeper() {
+    another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written("zookeeper").await;
+}
+
+#[tokio::test]
+async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written_cloudwatch_logs()
+ {
+    another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written("cloudwatch-logs")
+        .await;
+}
+
+async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_written(backend: &str) {
+    let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
-    let cluster = deploy(&world, "zookeeper").await;
+    let cluster = deploy(&world, backend).await;
     let nodes = broker_instances(&world, &cluster).await;
     // Broker 1's volume comes to hold another node's data (say, a volume restored from the
     // wrong snapshot): its log directory says broker 7.
@@ -353,6 +390,7 @@ async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_writ
         let group: Vec<String> = cluster.instances().await.unwrap().into_keys().collect();
         let gone: Vec<String> = actions
             .iter()
+            .filter(|a| a.auto_scaling_group == cluster.group)
             .filter(|a| a.kind == "complete" && a.result.as_deref() == Some("ABANDON"))
             .filter_map(|a| a.instance_id.clone())
             .filter(|i| !group.contains(i))
@@ -407,6 +445,7 @@ async fn another_nodes_data_fails_the_boot_abandons_the_launch_and_is_never_writ
 #[tokio::test]
 async fn launch_before_terminating_fails_the_replacement_fast_and_leaves_the_running_broker_alone()
 {
+    let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();

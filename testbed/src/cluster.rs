@@ -331,7 +331,7 @@ impl Deployed {
     }
 
     /// Waits until every broker id is served (registered at its ENI's address).
-    pub async fn wait_serving(&self, timeout: Duration) -> Result<()> {
+    pub async fn wait_serving(&self, world: &World, timeout: Duration) -> Result<()> {
         let until = Instant::now() + timeout;
         loop {
             let serving = self.serving().await.unwrap_or_default();
@@ -339,8 +339,24 @@ impl Deployed {
                 return Ok(());
             }
             if Instant::now() > until {
+                // What each instance of the group got to, for the reader of the failure.
+                let mut hosts = Vec::new();
+                for (inst, (az, state, health)) in self.instances().await.unwrap_or_default() {
+                    let last: Vec<String> = world
+                        .boot_events(&inst)
+                        .into_iter()
+                        .rev()
+                        .take(3)
+                        .map(|e| e.1)
+                        .collect();
+                    let log = crate::process::tail(
+                        &world.host_dir(&inst).join("var/log/kafka-agent.log"),
+                        4,
+                    );
+                    hosts.push(format!("{inst} {az} {state} {health}: {last:?}\n{log}"));
+                }
                 bail!(
-                    "after {timeout:?}, brokers {:?} of {} serve",
+                    "after {timeout:?}, brokers {:?} of {} serve; the group: {hosts:#?}",
                     serving.keys().collect::<Vec<_>>(),
                     self.brokers.len()
                 );

@@ -64,7 +64,9 @@ pub async fn run(name: &str, backend: &str, hold: bool) -> Result<()> {
             b.id, b.az, b.eni, b.ip, b.volume
         );
     }
-    cluster.wait_serving(Duration::from_secs(180)).await?;
+    cluster
+        .wait_serving(&world, Duration::from_secs(180))
+        .await?;
     println!(
         "\nall 3 brokers serve, {:.1} s after the group was created; stack {}",
         started.elapsed().as_secs_f64(),

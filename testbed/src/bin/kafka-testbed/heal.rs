@@ -48,7 +48,9 @@ pub async fn run(backend: &str, samples: usize) -> Result<()> {
         launch_before_terminate: false,
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
-    cluster.wait_serving(Duration::from_secs(180)).await?;
+    cluster
+        .wait_serving(&world, Duration::from_secs(180))
+        .await?;
     let group = settings(&services, &format!("{}-admin", world.id)).await?;
     let agents = settings(&services, &world.scope).await?;
     println!(
