@@ -1209,9 +1209,9 @@ def create_group(call):
         group = asg_backend(region).autoscaling_groups.get(name)
         if group is None:
             return
-        # CreateAutoScalingGroup's HealthCheckGracePeriod defaults to 0 (moto: 300).
-        if params.get("HealthCheckGracePeriod") is None:
-            group.health_check_grace_period = 0
+        # CreateAutoScalingGroup's HealthCheckGracePeriod defaults to 0; moto makes both an
+        # absent one and an explicit 0 into 300 (`period or 300`).
+        group.health_check_grace_period = int(params.get("HealthCheckGracePeriod") or 0)
         policy = maintenance_policy(params)
         if policy is not None:
             group.instance_maintenance_policy = policy
