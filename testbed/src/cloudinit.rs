@@ -49,17 +49,29 @@ pub struct Unit {
     pub oneshot: bool,
 }
 
-/// The process groups a host's boot started, to signal on shutdown.
+/// The process groups a host's boot started, to signal on shutdown. Once killed (the host
+/// halted), a group started later by a boot still in flight is killed as it is added.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Processes(Arc<Mutex<Vec<i32>>>);
+pub(crate) struct Processes(Arc<Mutex<(bool, Vec<i32>)>>);
 
 impl Processes {
     fn add(&self, pgid: i32) {
-        self.0.lock().unwrap().push(pgid);
+        let mut p = self.0.lock().unwrap();
+        if p.0 {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        p.1.push(pgid);
     }
 
     pub(crate) fn signal(&self, sig: nix::sys::signal::Signal) {
-        for pgid in self.0.lock().unwrap().iter() {
+        let mut p = self.0.lock().unwrap();
+        if sig == nix::sys::signal::Signal::SIGKILL {
+            p.0 = true;
+        }
+        for pgid in p.1.iter() {
             let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(*pgid), sig);
         }
     }
