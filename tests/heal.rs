@@ -3,81 +3,13 @@
 //! with zero manual steps. On the testbed; needs root. The stand-in broker is the testbed
 //! package's `kafka-standin`, built beside the agent by `cargo test --workspace`.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
-use kafka_testbed::cluster::{Deployed, Spec, ask_broker};
+use common::deployed::{CLUSTERS, broker_instances, deploy, deploy_with, status};
+use kafka_testbed::cluster::{Deployed, ask_broker};
 use kafka_testbed::{self as testbed, World};
-
-fn agent() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_kafka-agent"))
-}
-
-fn standin() -> PathBuf {
-    let p = agent().parent().unwrap().join("kafka-standin");
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build -p kafka-testbed --bins` (cargo test --workspace does)",
-        p.display()
-    );
-    p
-}
-
-async fn deploy(world: &World, backend: &str) -> Deployed {
-    deploy_with(world, backend, false).await
-}
-
-/// Clusters deployed at once in this binary: each is three agents and three brokers, and the
-/// machine has two cores (shared with the other test binaries' builds in CI).
-static CLUSTERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(3);
-
-async fn deploy_with(world: &World, backend: &str, launch_before_terminate: bool) -> Deployed {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let spec = Spec {
-        name: format!("{}-{n}", world.id),
-        backend: backend.into(),
-        azs: vec!["a".into(), "b".into(), "c".into()],
-        agent: agent(),
-        standin: standin(),
-        deadline_seconds: 120,
-        launch_before_terminate,
-    };
-    let cluster = Deployed::deploy(world, testbed::shared(), spec)
-        .await
-        .unwrap();
-    cluster
-        .wait_serving(world, Duration::from_secs(120))
-        .await
-        .unwrap();
-    cluster
-}
-
-/// `kafka-agent status` on the host: its exit code and output.
-async fn status(world: &World, inst: &str) -> (i32, String) {
-    let config = world.host_dir(inst).join("etc/kafka-agent/agent.toml");
-    let mut cmd = world.command(inst, &agent().to_string_lossy()).unwrap();
-    cmd.arg("--config").arg(config).arg("status");
-    let out = tokio::process::Command::from(cmd).output().await.unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-    )
-}
-
-async fn broker_instances(world: &World, cluster: &Deployed) -> Vec<String> {
-    let mut out = Vec::new();
-    for b in &cluster.brokers {
-        out.push(
-            cluster
-                .instance_of(world, b.id)
-                .await
-                .unwrap()
-                .unwrap_or_else(|| panic!("nothing serves broker {}", b.id)),
-        );
-    }
-    out
-}
 
 async fn a_dead_broker_comes_back_with_its_id_address_and_records(backend: &str) {
     let _turn = CLUSTERS.acquire().await.unwrap();

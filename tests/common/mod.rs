@@ -1,6 +1,8 @@
 //! Helpers shared by the step tests: a cluster's agent configuration on a testbed world.
 #![allow(dead_code)]
 
+pub mod deployed;
+
 use std::path::{Path, PathBuf};
 
 use kafka_agent::claim::{Record, cloudwatch::stream_name};
