@@ -303,7 +303,7 @@ pub struct LeaseSeen {
     pub age: Option<Duration>,
     /// The instance that owns the held id's claim now.
     pub id_owner: Option<String>,
-    /// The held id has a live registration.
+    /// The held id has a live registration made after the lease was written.
     pub id_registered: bool,
 }
 
@@ -563,8 +563,18 @@ impl Zk {
 
 /// Reads the registration of `id`; Ok(None) when there is none.
 async fn registration(client: zookeeper_client::Client, id: u32) -> Result<Option<Vec<u8>>> {
+    Ok(registration_with_ctime(client, id)
+        .await?
+        .map(|(data, _)| data))
+}
+
+/// The broker's registration and when it was made, on the ensemble's clock (ms).
+async fn registration_with_ctime(
+    client: zookeeper_client::Client,
+    id: u32,
+) -> Result<Option<(Vec<u8>, i64)>> {
     match client.get_data(&format!("/brokers/ids/{id}")).await {
-        Ok((data, _)) => Ok(Some(data)),
+        Ok((data, stat)) => Ok(Some((data, stat.ctime))),
         Err(zookeeper_client::Error::NoNode) => Ok(None),
         Err(e) => Err(anyhow::anyhow!("reading /brokers/ids/{id}: {e}")),
     }
@@ -591,10 +601,15 @@ async fn read_lease(
         return Ok((LeaseState::Free, None));
     };
     let lease: Option<Lease> = serde_json::from_slice(&node.data).ok();
+    // Registered *again*: the registration was made after the lease was written. The wedged
+    // broker's own registration outlives its instance until its session expires, and is no
+    // sign that the replacement serves.
     let (id_owner, id_registered) = match &lease {
         Some(l) => (
             zk::claim_owner(&client, &claim_path, l.id).await?,
-            registration(client.clone(), l.id).await?.is_some(),
+            registration_with_ctime(client.clone(), l.id)
+                .await?
+                .is_some_and(|(_, ctime)| ctime > node.mtime_ms),
         ),
         None => (None, false),
     };

@@ -169,3 +169,93 @@ async fn nothing_is_marked_within_the_grace_period() {
     assert!(j["marked_unhealthy_unix"].is_null(), "{j}");
     let _ = watch.kill().await;
 }
+
+/// Two brokers wedged at once: one lease per cluster, so one is marked and replaced while the
+/// other's watchdog holds back (`replacement_in_flight`), and only then the second goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_wedged_brokers_are_replaced_one_after_the_other() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let cluster = deploy(&world, "zookeeper").await;
+    let other = cluster.instance_of(&world, 0).await.unwrap().unwrap();
+    let mut wedged = Vec::new();
+    for id in [1u32, 2] {
+        let inst = cluster.instance_of(&world, id).await.unwrap().unwrap();
+        let watch = start_watch(
+            &world,
+            &inst,
+            "interval_seconds = 1\nunhealthy_after_seconds = 3\ngrace_period_seconds = 0\nlistener_timeout_seconds = 1",
+        );
+        wedged.push((id, inst, watch));
+    }
+    for (id, inst, _) in &wedged {
+        let until = Instant::now() + Duration::from_secs(30);
+        while journal(&world, inst)["decision"]["decision"] != "healthy" {
+            assert!(Instant::now() < until, "{}", watch_log(&world, inst));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let addr = format!("{}:9092", cluster.brokers[*id as usize].ip);
+        assert_eq!(
+            ask_broker(&world, &other, &addr, "HANG").unwrap(),
+            vec!["OK HANG"]
+        );
+    }
+    // Both replaced in the end, one after the other.
+    let mut replaced = Vec::new();
+    let mut saw_hold_back = false;
+    let until = Instant::now() + Duration::from_secs(180);
+    while replaced.len() < 2 {
+        saw_hold_back |= wedged.iter().any(|(_, inst, _)| {
+            journal(&world, inst)["decision"]["reason"] == "replacement_in_flight"
+        });
+        let serving = cluster.serving().await.unwrap_or_default();
+        for (id, inst, _) in &wedged {
+            let now = cluster.instance_of(&world, *id).await.unwrap();
+            if !replaced.contains(id)
+                && now.as_deref().is_some_and(|i| i != inst)
+                && serving.contains_key(id)
+            {
+                replaced.push(*id);
+            }
+        }
+        assert!(
+            Instant::now() < until,
+            "replaced so far {replaced:?}; {}\n{}",
+            journal(&world, &wedged[0].1),
+            journal(&world, &wedged[1].1)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The second was marked only once the first's replacement had registered (the lease is
+    // released then): compare the mark with the registration's creation on ZooKeeper's clock.
+    let marked = |id: u32| {
+        let (_, inst, _) = wedged.iter().find(|w| w.0 == id).unwrap();
+        journal(&world, inst)["marked_unhealthy_unix"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("broker {id} was never marked"))
+    };
+    let (first, second) = if marked(1) <= marked(2) {
+        (1, 2)
+    } else {
+        (2, 1)
+    };
+    let zk = zookeeper_client::Client::connect(&format!("{}{}", cluster.zk_local, cluster.chroot))
+        .await
+        .unwrap();
+    let (_, stat) = zk.get_data(&format!("/brokers/ids/{first}")).await.unwrap();
+    let registered_again = (stat.ctime / 1000) as u64;
+    assert!(
+        marked(second) >= registered_again,
+        "broker {second} was marked at {} before broker {first}'s replacement registered at {registered_again}",
+        marked(second)
+    );
+    assert!(
+        saw_hold_back,
+        "the second watchdog never held back for the first"
+    );
+    for (_, _, mut watch) in wedged {
+        let _ = watch.kill().await;
+    }
+}

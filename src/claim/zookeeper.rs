@@ -270,6 +270,8 @@ pub struct LeaseNode {
     pub data: Vec<u8>,
     pub version: i32,
     pub age: Option<Duration>,
+    /// When it was last written, on the ensemble's clock (ms since the Unix epoch).
+    pub mtime_ms: i64,
 }
 
 /// Reads the lease; None when no replacement was ever leased. `aged` asks for its age on the
@@ -297,6 +299,7 @@ pub async fn read_lease(
         data,
         version: stat.version,
         age,
+        mtime_ms: stat.mtime,
     }))
 }
 
