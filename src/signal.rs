@@ -262,7 +262,7 @@ pub async fn deliver(
     let abandoned = sent.lifecycle.as_deref() == Some("ABANDON");
     if !success && settings.signal.mark_unhealthy_on_failure && !abandoned {
         match retry_transient(deadline, || {
-            asg::set_unhealthy(&clients.autoscaling, instance)
+            asg::set_unhealthy(&clients.autoscaling, instance, false)
         })
         .await
         {
@@ -285,7 +285,7 @@ pub async fn deliver(
 
 /// The host names a registration may advertise for this node: its address, and the
 /// `[kafka] advertised_host` pattern's name when set.
-fn advertised_hosts(settings: &Settings, id: u32, address: IpAddr) -> Vec<String> {
+pub(crate) fn advertised_hosts(settings: &Settings, id: u32, address: IpAddr) -> Vec<String> {
     let mut hosts = vec![address.to_string()];
     if let Some(pattern) = settings
         .kafka
@@ -336,9 +336,9 @@ pub fn registration_serves(data: &[u8], hosts: &[String]) -> Result<(), String> 
     ))
 }
 
-/// The port of the listener other nodes reach this one on (kraft): the inter-broker
-/// listener's, or a controller-only node's controller listener's.
-fn kraft_port(settings: &Settings) -> Option<u16> {
+/// The port of the listener other nodes reach this one on: the inter-broker listener's, or a
+/// controller-only node's controller listener's (kraft's readiness, the watchdog's probe).
+pub(crate) fn peer_port(settings: &Settings) -> Option<u16> {
     let k = settings.kafka.as_ref()?;
     let name = k
         .inter_broker_listener
@@ -362,7 +362,7 @@ async fn serving(
     ) {
         (Role::Zookeeper, _) => None,
         (Role::Kafka, Some(KafkaMode::Kraft)) => {
-            let Some(port) = kraft_port(settings) else {
+            let Some(port) = peer_port(settings) else {
                 return Some("[kafka] names no listener to connect to".into());
             };
             let at = std::net::SocketAddr::new(address, port);

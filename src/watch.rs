@@ -477,32 +477,6 @@ fn since_boot(settings: &Settings) -> Option<Duration> {
     Some(Duration::from_secs(now_unix().saturating_sub(finished)))
 }
 
-/// The host names a registration may advertise for this node.
-fn advertised_hosts(settings: &Settings, id: u32, address: IpAddr) -> Vec<String> {
-    let mut hosts = vec![address.to_string()];
-    if let Some(p) = settings
-        .kafka
-        .as_ref()
-        .and_then(|k| k.advertised_host.as_ref())
-    {
-        hosts.push(p.replace("{id}", &id.to_string()));
-    }
-    hosts
-}
-
-/// The listener other nodes reach this one on: the inter-broker listener, or a
-/// controller-only node's controller listener; Kafka's default 9092 without `[kafka]`.
-fn listener_port(settings: &Settings) -> u16 {
-    let Some(k) = settings.kafka.as_ref() else {
-        return 9092;
-    };
-    k.inter_broker_listener
-        .as_ref()
-        .or(k.kraft.as_ref().map(|r| &r.controller_listener))
-        .and_then(|n| k.listeners.get(n))
-        .map_or(9092, |l| l.port)
-}
-
 /// This node's address: the attached ENI's (attach.json), or IMDS's local-ipv4.
 async fn address(settings: &Settings) -> Result<IpAddr> {
     if settings.resources.eni {
@@ -656,7 +630,10 @@ async fn check(
         Some(p) => probe_pidfile(p),
         None => Probe::NotChecked,
     };
-    let at = SocketAddr::new(me.address, listener_port(settings));
+    let at = SocketAddr::new(
+        me.address,
+        crate::signal::peer_port(settings).unwrap_or(9092),
+    );
     let listener = probe_listener(at, w.listener_timeout).await;
     let mut coordination = Ok(());
     let mut registration_probe = Probe::NotChecked;
@@ -668,7 +645,7 @@ async fn check(
                     None => Probe::Failed(format!("/brokers/ids/{id} does not exist")),
                     Some(data) => match crate::signal::registration_serves(
                         &data,
-                        &advertised_hosts(settings, id, me.address),
+                        &crate::signal::advertised_hosts(settings, id, me.address),
                     ) {
                         Ok(()) => Probe::Ok,
                         Err(why) => Probe::Failed(why),
@@ -717,25 +694,6 @@ async fn check(
         lease,
     };
     (obs, version)
-}
-
-/// SetInstanceHealth Unhealthy, respecting the group's health check grace period (a mark
-/// within it is ignored by the group, and repeated by the watchdog later).
-// TODO(issue 13): belongs in src/aws/asg.rs beside `set_unhealthy` (which does not respect
-// the grace period); kept here while that file is another change's.
-async fn set_unhealthy_respecting_grace(
-    client: &aws_sdk_autoscaling::Client,
-    instance: &str,
-) -> Result<()> {
-    client
-        .set_instance_health()
-        .instance_id(instance)
-        .health_status("Unhealthy")
-        .should_respect_grace_period(true)
-        .send()
-        .await
-        .map(|_| ())
-        .map_err(|e| crate::aws::aws_error(e, &format!("marking {instance} Unhealthy")))
 }
 
 /// The loop's memory besides the decision's.
@@ -791,7 +749,7 @@ async fn mark(
     let clients = acting.clients.as_ref().expect("connected above");
     let deadline = Instant::now() + Duration::from_secs(30);
     let marked = crate::aws::retry_transient(deadline, || {
-        set_unhealthy_respecting_grace(&clients.autoscaling, &me.instance_id)
+        crate::aws::asg::set_unhealthy(&clients.autoscaling, &me.instance_id, true)
     })
     .await;
     if let Err(e) = marked {

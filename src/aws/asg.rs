@@ -109,13 +109,19 @@ pub async fn heartbeat(
     )
 }
 
-/// Marks the instance Unhealthy, not waiting out the group's health check grace period.
-pub async fn set_unhealthy(client: &aws_sdk_autoscaling::Client, instance: &str) -> Result<()> {
+/// Marks the instance Unhealthy. `respect_grace`: a mark within the group's health check
+/// grace period is ignored by the group (the watchdog's marks); without it the instance is
+/// replaced at once (a failed boot's).
+pub async fn set_unhealthy(
+    client: &aws_sdk_autoscaling::Client,
+    instance: &str,
+    respect_grace: bool,
+) -> Result<()> {
     client
         .set_instance_health()
         .instance_id(instance)
         .health_status("Unhealthy")
-        .should_respect_grace_period(false)
+        .should_respect_grace_period(respect_grace)
         .send()
         .await
         .map(|_| ())
