@@ -40,6 +40,15 @@ fn journal(world: &World, inst: &str) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// Waits until the watchdog on `inst` has seen its broker healthy.
+async fn healthy_first(world: &World, inst: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while journal(world, inst)["decision"]["decision"] != "healthy" {
+        assert!(Instant::now() < until, "{}", watch_log(world, inst));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 fn watch_log(world: &World, inst: &str) -> String {
     std::fs::read_to_string(world.host_dir(inst).join("watch.log")).unwrap_or_default()
 }
@@ -81,12 +90,7 @@ async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(failure: F
         &inst,
         "interval_seconds = 1\nunhealthy_after_seconds = 3\ngrace_period_seconds = 0\nlistener_timeout_seconds = 1",
     );
-    // Healthy first.
-    let until = Instant::now() + Duration::from_secs(30);
-    while journal(&world, &inst)["decision"]["decision"] != "healthy" {
-        assert!(Instant::now() < until, "{}", watch_log(&world, &inst));
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    healthy_first(&world, &inst).await;
     let addr = format!("{}:9092", victim.ip);
     match failure {
         Failure::Hung => {
@@ -191,11 +195,7 @@ async fn two_wedged_brokers_are_replaced_one_after_the_other() {
         wedged.push((id, inst, watch));
     }
     for (id, inst, _) in &wedged {
-        let until = Instant::now() + Duration::from_secs(30);
-        while journal(&world, inst)["decision"]["decision"] != "healthy" {
-            assert!(Instant::now() < until, "{}", watch_log(&world, inst));
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        healthy_first(&world, inst).await;
         let addr = format!("{}:9092", cluster.brokers[*id as usize].ip);
         assert_eq!(
             ask_broker(&world, &other, &addr, "HANG").unwrap(),
