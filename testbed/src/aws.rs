@@ -283,6 +283,10 @@ pub struct OpenLifecycleAction {
     pub auto_scaling_group: String,
     pub region: String,
     pub hook: String,
+    /// The hook's transition: `autoscaling:EC2_INSTANCE_LAUNCHING` or
+    /// `autoscaling:EC2_INSTANCE_TERMINATING`.
+    #[serde(default)]
+    pub transition: String,
     pub instance_id: String,
     pub token: String,
     /// Seconds until the heartbeat (or global) timeout applies the hook's DefaultResult.
@@ -312,6 +316,10 @@ pub struct InstanceInfo {
     pub instance_type: String,
     pub root_device_name: String,
     pub tags: std::collections::BTreeMap<String, String>,
+    /// The Auto Scaling target lifecycle state (`InService`, `Terminated`, ...) of an instance
+    /// of a group; `None` outside one.
+    #[serde(default)]
+    pub target_lifecycle_state: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

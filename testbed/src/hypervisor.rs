@@ -234,6 +234,7 @@ fn reconcile(
             access_key_id: l.scope.clone(),
         };
         *host.imds.metadata.write().unwrap() = md;
+        *host.imds.target_lifecycle_state.write().unwrap() = info.target_lifecycle_state.clone();
     }
     // Volumes first: a mount waits for its device longer than a route for its interface.
     let want: BTreeMap<&str, &aws::VolumeInfo> = state

@@ -51,6 +51,10 @@ pub struct Imds {
     tokens: Mutex<HashMap<String, Instant>>,
     /// Until then every request is answered 503 (`World::imds_unavailable`).
     pub unavailable_until: Mutex<Option<Instant>>,
+    /// `autoscaling/target-lifecycle-state`: the Auto Scaling steady state the instance is
+    /// transitioning to (`InService`, `Terminated`, ...); `None` (404) outside a group. The
+    /// hypervisor keeps it current.
+    pub target_lifecycle_state: RwLock<Option<String>>,
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -130,7 +134,8 @@ impl Imds {
             return reply(StatusCode::UNAUTHORIZED, "");
         }
         let md = self.metadata.read().unwrap().clone();
-        match lookup(&md, path) {
+        let target = self.target_lifecycle_state.read().unwrap().clone();
+        match autoscaling(&md, target.as_deref(), path).or_else(|| lookup(&md, path)) {
             Some(body) => reply(StatusCode::OK, body),
             None => reply(StatusCode::NOT_FOUND, "Not Found"),
         }
@@ -149,6 +154,27 @@ struct IdentityDocument<'a> {
     private_ip: &'a str,
     region: &'a str,
     version: &'a str,
+}
+
+/// Auto Scaling's items ("Retrieve the target lifecycle state through instance metadata",
+/// Amazon EC2 Auto Scaling User Guide): `autoscaling/target-lifecycle-state` is InService from
+/// the launch on and Terminated once the group begins to terminate the instance; the
+/// meta-data index lists `autoscaling/` while there is one. None: not an Auto Scaling path
+/// ([`lookup`] answers), or 404 when the instance has no target state.
+pub fn autoscaling(md: &Metadata, target: Option<&str>, path: &str) -> Option<String> {
+    let p = path.strip_prefix("/latest/meta-data/")?;
+    let target = target?;
+    match p {
+        "" => {
+            let mut index: Vec<String> = lookup(md, path)?.lines().map(str::to_string).collect();
+            index.push("autoscaling/".into());
+            index.sort();
+            Some(index.join("\n"))
+        }
+        "autoscaling/" => Some("target-lifecycle-state".into()),
+        "autoscaling/target-lifecycle-state" => Some(target.to_string()),
+        _ => None,
+    }
 }
 
 /// The body for a metadata path, or None for 404.
@@ -271,6 +297,29 @@ mod tests {
     fn rfc3339_known_date() {
         let t = std::time::UNIX_EPOCH + Duration::from_secs(1_795_327_950);
         assert_eq!(rfc3339(t), "2026-11-22T06:12:30Z");
+    }
+
+    #[test]
+    fn the_target_lifecycle_state_is_served_only_in_a_group() {
+        let md = Metadata::default();
+        let path = "/latest/meta-data/autoscaling/target-lifecycle-state";
+        let get = |t: Option<&str>, p: &str| autoscaling(&md, t, p).or_else(|| lookup(&md, p));
+        assert_eq!(get(Some("Terminated"), path).as_deref(), Some("Terminated"));
+        assert_eq!(get(None, path), None, "404 outside a group");
+        assert!(
+            get(Some("InService"), "/latest/meta-data/")
+                .unwrap()
+                .contains("autoscaling/")
+        );
+        assert!(
+            !get(None, "/latest/meta-data/")
+                .unwrap()
+                .contains("autoscaling/")
+        );
+        assert_eq!(
+            get(Some("InService"), "/latest/meta-data/instance-type").as_deref(),
+            Some("")
+        );
     }
 
     #[test]

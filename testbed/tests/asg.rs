@@ -3,7 +3,9 @@
 //! check (terminate first, or launch first under a "launch before terminating" instance
 //! maintenance policy), honouring the grace period; launches go to the zone with the fewest
 //! instances; launch hooks hold an instance in Pending:Wait until CONTINUE, ABANDON or the
-//! heartbeat timeout; scale-in follows the default termination policy. Needs root; shares one
+//! heartbeat timeout; termination hooks hold a leaving one, still running and with IMDS's
+//! target lifecycle state Terminated, in Terminating:Wait; scale-in follows the default
+//! termination policy. Needs root; shares one
 //! moto per test binary; every test makes its own world (VPC, namespaces, scope).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -835,5 +837,333 @@ async fn scale_in_takes_the_oldest_template_version_before_the_oldest_instance()
     let m = members(&world, &name).await;
     assert_eq!(member(&m, &on_v1).unwrap().state, "Terminating", "{m:?}");
     assert_eq!(member(&m, &on_v2).unwrap().state, "InService", "{m:?}");
+    delete(&world, &name).await;
+}
+
+// ---------------------------------------------------------------- termination hooks
+
+const LEAVE: &str = "leave";
+
+fn termination_hook(timeout: i32, default_result: Option<&str>) -> LifecycleHookSpecification {
+    LifecycleHookSpecification::builder()
+        .lifecycle_hook_name(LEAVE)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .heartbeat_timeout(timeout)
+        .set_default_result(default_result.map(str::to_string))
+        .build()
+}
+
+/// `autoscaling/target-lifecycle-state` as the instance's IMDS serves it (None: 404).
+fn target_state(world: &World, inst: &str) -> Option<String> {
+    world
+        .on_host(inst, async move {
+            aws_config::imds::Client::builder()
+                .build()
+                .get("/latest/meta-data/autoscaling/target-lifecycle-state")
+                .await
+                .ok()
+                .map(|v| v.as_ref().to_string())
+        })
+        .unwrap()
+}
+
+/// Waits until the instance's IMDS serves `want` as its target lifecycle state.
+async fn target_becomes(world: &World, inst: &str, want: &str) {
+    until(
+        Duration::from_secs(10),
+        &format!("{inst}'s target lifecycle state {want}"),
+        || async { (target_state(world, inst).as_deref() == Some(want)).then_some(()) },
+    )
+    .await
+}
+
+async fn termination_token(name: &str, instance: &str) -> String {
+    until(
+        Duration::from_secs(10),
+        "an open termination action",
+        || async {
+            open_actions(name)
+                .await
+                .into_iter()
+                .find(|a| {
+                    a.instance_id == instance
+                        && a.hook == LEAVE
+                        && a.transition == "autoscaling:EC2_INSTANCE_TERMINATING"
+                })
+                .map(|a| a.token)
+        },
+    )
+    .await
+}
+
+async fn complete_leave(
+    world: &World,
+    name: &str,
+    token: Option<&str>,
+    instance: Option<&str>,
+    result: &str,
+) -> Option<String> {
+    autoscaling(world)
+        .complete_lifecycle_action()
+        .auto_scaling_group_name(name)
+        .lifecycle_hook_name(LEAVE)
+        .set_lifecycle_action_token(token.map(str::to_string))
+        .set_instance_id(instance.map(str::to_string))
+        .lifecycle_action_result(result)
+        .send()
+        .await
+        .err()
+        .map(|e| e.code().unwrap_or("<no code>").to_string())
+}
+
+#[tokio::test]
+async fn a_scaled_in_instance_waits_running_in_terminating_wait_with_imds_saying_terminated() {
+    let world = World::create(testbed::shared(), &["a", "b"]).await.unwrap();
+    configure(&world, 1.0).await;
+    let name = format!("{}-brokers", world.id);
+    group(&world, &name, &["a", "b"], 2)
+        .await
+        .lifecycle_hook_specification_list(termination_hook(300, None))
+        .send()
+        .await
+        .unwrap();
+    let first = settled(&world, &name, 2, "InService").await;
+    for m in &first {
+        world
+            .wait_until(Duration::from_secs(15), "the host", || {
+                world.host_links(&m.id).is_ok()
+            })
+            .await
+            .unwrap();
+        target_becomes(&world, &m.id, "InService").await;
+    }
+
+    set_desired(&world, &name, 1).await;
+    let m = members(&world, &name).await;
+    let leaving: Vec<&Member> = m.iter().filter(|m| m.state == "Terminating:Wait").collect();
+    assert_eq!(leaving.len(), 1, "{m:?}");
+    let leaver = leaving[0].id.clone();
+    let stayer = first.iter().find(|f| f.id != leaver).unwrap().id.clone();
+    target_becomes(&world, &leaver, "Terminated").await;
+    assert_eq!(target_state(&world, &stayer).as_deref(), Some("InService"));
+
+    // It waits, running, for health check after health check; nothing else is terminated
+    // and nothing launched.
+    tokio::time::sleep(Duration::from_secs_f64(4.0 * INTERVAL)).await;
+    let m = members(&world, &name).await;
+    assert_eq!(m.len(), 2, "{m:?}");
+    assert_eq!(member(&m, &leaver).unwrap().state, "Terminating:Wait");
+    assert_eq!(member(&m, &stayer).unwrap().state, "InService");
+    let ec2 = ec2_states(&world).await;
+    assert_eq!(ec2[&leaver], "running");
+    assert_eq!(ec2[&stayer], "running");
+
+    // Wrong and stale tokens are refused as the service refuses them.
+    let token = termination_token(&name, &leaver).await;
+    let wrong = complete_leave(
+        &world,
+        &name,
+        Some("00000000-0000-0000-0000-000000000000"),
+        None,
+        "CONTINUE",
+    )
+    .await;
+    assert_eq!(wrong.as_deref(), Some("ValidationError"));
+    let not_waiting = complete_leave(&world, &name, None, Some(&stayer), "CONTINUE").await;
+    assert_eq!(not_waiting.as_deref(), Some("ValidationError"));
+    autoscaling(&world)
+        .record_lifecycle_action_heartbeat()
+        .auto_scaling_group_name(&name)
+        .lifecycle_hook_name(LEAVE)
+        .instance_id(&leaver)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        complete_leave(&world, &name, Some(&token), None, "CONTINUE").await,
+        None
+    );
+    let stale = complete_leave(&world, &name, Some(&token), None, "CONTINUE").await;
+    assert_eq!(stale.as_deref(), Some("ValidationError"));
+
+    // CONTINUE: terminated, and the group keeps the one it has.
+    until(Duration::from_secs(10), "terminated", || async {
+        (ec2_states(&world).await[&leaver] == "terminated").then_some(())
+    })
+    .await;
+    let after = settled(&world, &name, 1, "InService").await;
+    assert_eq!(after[0].id, stayer);
+    let recorded: Vec<_> = testbed::shared()
+        .moto
+        .lifecycle_actions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.auto_scaling_group == name)
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        2,
+        "one heartbeat, one completion: {recorded:?}"
+    );
+    delete(&world, &name).await;
+}
+
+#[tokio::test]
+async fn abandon_and_the_timeout_both_terminate_a_leaving_instance() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    // 30 s (the service's minimum) last 1.5 s.
+    configure(&world, 0.05).await;
+    let name = format!("{}-brokers", world.id);
+    group(&world, &name, &["a"], 2)
+        .await
+        .lifecycle_hook_specification_list(termination_hook(30, Some("CONTINUE")))
+        .send()
+        .await
+        .unwrap();
+    let first = settled(&world, &name, 2, "InService").await;
+    let (a, b) = (first[0].id.clone(), first[1].id.clone());
+    let asg = autoscaling(&world);
+    asg.terminate_instance_in_auto_scaling_group()
+        .instance_id(&a)
+        .should_decrement_desired_capacity(true)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        member(&members(&world, &name).await, &a).unwrap().state,
+        "Terminating:Wait"
+    );
+    assert_eq!(
+        complete_leave(&world, &name, None, Some(&a), "ABANDON").await,
+        None
+    );
+    until(Duration::from_secs(10), "ABANDON terminates", || async {
+        (ec2_states(&world).await[&a] != "running").then_some(())
+    })
+    .await;
+
+    // No call at all: the timeout applies the DefaultResult, which terminates too.
+    set_desired(&world, &name, 0).await;
+    assert_eq!(
+        member(&members(&world, &name).await, &b).unwrap().state,
+        "Terminating:Wait"
+    );
+    let asked = Instant::now();
+    until(
+        Duration::from_secs(15),
+        "the timeout terminates",
+        || async { (ec2_states(&world).await[&b] != "running").then_some(()) },
+    )
+    .await;
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1200),
+        "terminated {:?} after the scale-in, before its timeout",
+        asked.elapsed()
+    );
+    settled(&world, &name, 0, "InService").await;
+    delete(&world, &name).await;
+}
+
+#[tokio::test]
+async fn a_replacement_with_a_termination_hook_launches_once_the_old_one_is_terminated() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(&world, 1.0).await;
+    let name = format!("{}-brokers", world.id);
+    group(&world, &name, &["a"], 1)
+        .await
+        .lifecycle_hook_specification_list(termination_hook(300, None))
+        .send()
+        .await
+        .unwrap();
+    // Replaced because marked Unhealthy, then because terminated through the group.
+    for how in ["Unhealthy", "TerminateInstanceInAutoScalingGroup"] {
+        let old = settled(&world, &name, 1, "InService").await[0].id.clone();
+        if how == "Unhealthy" {
+            set_unhealthy(&world, &old, Some(false)).await;
+        } else {
+            autoscaling(&world)
+                .terminate_instance_in_auto_scaling_group()
+                .instance_id(&old)
+                .should_decrement_desired_capacity(false)
+                .send()
+                .await
+                .unwrap();
+        }
+        until(Duration::from_secs(10), "Terminating:Wait", || async {
+            let m = members(&world, &name).await;
+            (member(&m, &old)?.state == "Terminating:Wait").then_some(())
+        })
+        .await;
+        // Terminate first (the default instance maintenance policy): nothing is launched
+        // while the old one waits in its hook.
+        tokio::time::sleep(Duration::from_secs_f64(4.0 * INTERVAL)).await;
+        let m = members(&world, &name).await;
+        assert_eq!(m.len(), 1, "{how}: launched before terminating: {m:?}");
+        assert_eq!(ec2_states(&world).await[&old], "running", "{how}");
+        assert_eq!(
+            complete_leave(&world, &name, None, Some(&old), "CONTINUE").await,
+            None,
+            "{how}"
+        );
+        let new = until(Duration::from_secs(15), "a replacement", || async {
+            let m = members(&world, &name).await;
+            let new = m.iter().find(|n| n.id != old)?.clone();
+            assert_eq!(
+                ec2_states(&world).await[&old],
+                "terminated",
+                "{how}: launched before terminated: {m:?}"
+            );
+            Some(new)
+        })
+        .await;
+        assert_eq!(new.az, "us-east-1a");
+    }
+    delete(&world, &name).await;
+}
+
+#[tokio::test]
+async fn launch_before_terminating_holds_the_old_one_in_its_termination_hook_after_the_new_one_serves()
+ {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(&world, 1.0).await;
+    let name = format!("{}-brokers", world.id);
+    group(&world, &name, &["a"], 1)
+        .await
+        .lifecycle_hook_specification_list(termination_hook(300, None))
+        .instance_maintenance_policy(
+            InstanceMaintenancePolicy::builder()
+                .min_healthy_percentage(100)
+                .max_healthy_percentage(200)
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let old = settled(&world, &name, 1, "InService").await[0].id.clone();
+    set_unhealthy(&world, &old, Some(false)).await;
+    let new = until(
+        Duration::from_secs(15),
+        "the new one in service",
+        || async {
+            let m = members(&world, &name).await;
+            m.into_iter()
+                .find(|n| n.id != old && n.state == "InService")
+        },
+    )
+    .await;
+    until(Duration::from_secs(10), "the old one leaving", || async {
+        let m = members(&world, &name).await;
+        (member(&m, &old)?.state == "Terminating:Wait").then_some(())
+    })
+    .await;
+    assert_eq!(ec2_states(&world).await[&old], "running");
+    target_becomes(&world, &old, "Terminated").await;
+    assert_eq!(
+        complete_leave(&world, &name, None, Some(&old), "CONTINUE").await,
+        None
+    );
+    let after = settled(&world, &name, 1, "InService").await;
+    assert_eq!(after[0].id, new.id);
     delete(&world, &name).await;
 }

@@ -16,8 +16,10 @@ APIs. This WSGI layer sits in front of moto's own application and adds:
   CompleteLifecycleAction and RecordLifecycleActionHeartbeat, all recorded for tests;
 * Auto Scaling as the service runs a group: health checks replace terminated or Unhealthy
   instances (terminate first, or launch first by the instance maintenance policy), launches
-  spread over the zones, launch hooks hold new instances in Pending:Wait until completed or
-  timed out, scale-in follows the default termination policy;
+  spread over the zones, launch hooks hold new instances in Pending:Wait and termination hooks
+  leaving ones in Terminating:Wait (still running) until completed or timed out, scale-in
+  follows the default termination policy, and each instance's target lifecycle state is
+  served to its IMDS;
 * faults: a share of calls answered with throttling errors or 5xx, and added latency.
 
 Settings are per *scope*, the access key id of the caller, so tests sharing one server do not
@@ -839,15 +841,71 @@ def age_streams(region, group, seconds):
 #
 # Instance lifecycle states (docs.aws.amazon.com/autoscaling/ec2/userguide/
 # ec2-auto-scaling-lifecycle.html): Pending until EC2 runs the instance, then Pending:Wait
-# while a launch hook's action is open, InService; Terminating until EC2 has terminated it,
-# when it leaves the group. Standby and the other states are moto's.
+# while a launch hook's action is open, InService; when the group terminates it (scale-in, an
+# Unhealthy replacement, TerminateInstanceInAutoScalingGroup), Terminating:Wait while a
+# termination hook's action is open (EC2 still runs it), then Terminating:Proceed (or
+# Terminating without a hook) until EC2 has terminated it, when it leaves the group. Standby and
+# the other states are moto's.
+#
+# Termination hooks ("How lifecycle hooks work", docs.aws.amazon.com/autoscaling/ec2/userguide/
+# lifecycle-hooks-overview.html): "The lifecycle hook puts the instance into a wait state
+# (Terminating:Wait) and then performs a custom action. The instance remains in a wait state
+# either until you complete the lifecycle action, or until the timeout period ends"; then
+# Terminating:Proceed and the instance is terminated. For a termination both results
+# terminate: "ABANDON and CONTINUE both allow the instance to terminate" but ABANDON "stops any
+# remaining actions, such as other lifecycle hooks" ("Complete a lifecycle action",
+# .../completing-lifecycle-hooks.html). Heartbeats restart the timeout
+# (RecordLifecycleActionHeartbeat API reference); an action exists only while its instance
+# waits, so a stale or unknown token is refused with ValidationError (CompleteLifecycleAction
+# API reference: "No active Lifecycle Action found").
+#
+# The target lifecycle state ("Retrieve the target lifecycle state through instance
+# metadata", .../retrieving-target-lifecycle-state-through-imds.html): "When an instance
+# prepares to transition to one of the preceding steady states [InService, Terminated,
+# Detached, Standby], Amazon EC2 Auto Scaling updates the value of the instance metadata item
+# autoscaling/target-lifecycle-state": InService from the launch on, Terminated from the
+# moment the group begins to terminate the instance (before its Terminating:Wait). state()
+# reports it per instance; the hypervisor serves it to the instance's IMDS.
 
 LAUNCH_HOOK = "autoscaling:EC2_INSTANCE_LAUNCHING"
+TERMINATE_HOOK = "autoscaling:EC2_INSTANCE_TERMINATING"
 ASG_SCOPE = {}  # (region, group) -> scope that created the group: its settings time the group
 NEXT_CHECK = {}  # (region, group) -> monotonic time of the group's next health check
 ACTIONS = {}  # instance id -> {hook: open lifecycle action}; an action exists only while it waits
 ASG_REGIONS = set()  # regions Auto Scaling (or CloudFormation) was called in
-COUNTED = ("Pending", "Pending:Wait", "InService", "Terminating")
+COUNTED = (
+    "Pending",
+    "Pending:Wait",
+    "InService",
+    "Terminating",
+    "Terminating:Wait",
+    "Terminating:Proceed",
+)
+
+
+def leaving(st):
+    """The group is terminating it (with or without a termination hook)."""
+    return st.lifecycle_state.startswith("Terminating")
+
+
+def target_lifecycle_state(st):
+    """The steady state the instance is transitioning to, as IMDS serves it."""
+    state = st.lifecycle_state
+    if leaving(st) or state == "Terminated":
+        return "Terminated"
+    if state in ("Detaching", "Detached"):
+        return "Detached"
+    if state in ("EnteringStandby", "Standby"):
+        return "Standby"
+    return "InService"
+
+
+def hooks_of(group, transition):
+    return [
+        h
+        for h in group.autoscaling_backend.lifecycle_hooks.values()
+        if h.auto_scaling_group_name == group.name and h.lifecycle_transition == transition
+    ]
 
 
 def asg_backend(region):
@@ -918,7 +976,7 @@ def pick_slot(group):
     no order)."""
     slots = launch_slots(group)
     zones = {az for az, _ in slots}
-    staying = [s for s in counted(group) if s.lifecycle_state != "Terminating"]
+    staying = [s for s in counted(group) if not leaving(s)]
     load = dict.fromkeys(zones, 0)
     for s in staying:
         if s.instance.placement.zone in load:
@@ -958,10 +1016,17 @@ def launch(group, conf, now):
 
 
 def begin_termination(group, st, conf, now):
-    """Takes an instance out of service and has EC2 terminate it."""
-    st.lifecycle_state = "Terminating"
+    """Takes an instance out of service. With termination hooks it waits in Terminating:Wait,
+    one action per hook, while EC2 still runs it (its target lifecycle state is Terminated);
+    without, or once EC2 no longer runs it, EC2 terminates it at once."""
     st.tb_successor = None
     ACTIONS.pop(st.instance.id, None)
+    hooks = hooks_of(group, TERMINATE_HOOK)
+    if hooks and st.instance.state == "running":
+        open_actions_for(group, st, hooks, conf, now)
+        st.lifecycle_state = "Terminating:Wait"
+        return
+    st.lifecycle_state = "Terminating"
     ec2_terminate(group.region, [st.instance.id], conf)
 
 
@@ -990,11 +1055,7 @@ def scale_in_pick(group, now):
     among the Availability Zones with the most instances and at least one not protected from
     scale in, the unprotected instances with the most outdated configuration, then the one
     closest to the next billing hour, then one at random."""
-    staying = [
-        s
-        for s in counted(group)
-        if s.lifecycle_state != "Terminating" and s.health_status == "Healthy"
-    ]
+    staying = [s for s in counted(group) if not leaving(s) and s.health_status == "Healthy"]
     candidates = [s for s in staying if not s.protected_from_scale_in]
     if not candidates:
         return None
@@ -1010,12 +1071,17 @@ def scale_in_pick(group, now):
 
 
 def converge(group, now):
-    """Launches or terminates instances until the group holds its desired capacity."""
+    """Launches or terminates instances until the group holds its desired capacity. An
+    instance the group is terminating still counts against a launch (terminate first), and no
+    more against a scale-in: it is already going (one scale-in by one terminates one instance,
+    however long it waits in a termination hook)."""
     conf = group_conf(group)
-    need = (group.desired_capacity or 0) - len(counted(group))
-    for _ in range(max(need, 0)):
+    desired = group.desired_capacity or 0
+    members = counted(group)
+    for _ in range(max(desired - len(members), 0)):
         launch(group, conf, now)
-    for _ in range(max(-need, 0)):
+    staying = [s for s in members if not leaving(s)]
+    for _ in range(max(len(staying) - desired, 0)):
         victim = scale_in_pick(group, now)
         if victim is None:
             break
@@ -1043,6 +1109,7 @@ def new_action(hook, conf, now):
     return {
         "token": str(uuid.uuid4()),
         "hook": hook.name,
+        "transition": hook.lifecycle_transition,
         "timeout": timeout * scale,
         "deadline": now + timeout * scale,
         # The global timeout: 100 times the heartbeat timeout or 48 hours, whichever is less
@@ -1052,12 +1119,25 @@ def new_action(hook, conf, now):
     }
 
 
+def open_actions_for(group, st, hooks, conf, now):
+    ACTIONS[st.instance.id] = {h.name: new_action(h, conf, now) for h in hooks}
+    for a in ACTIONS[st.instance.id].values():
+        a["group"], a["region"] = group.name, group.region
+
+
 def finish_action(group, st, hook, result, now):
-    """An action ends (completed, or timed out into its hook's DefaultResult). ABANDON ends the
-    launch: the instance is terminated (at the group's next check) and replaced; CONTINUE of
-    the last open action puts it in service."""
+    """An action ends (completed, or timed out into its hook's DefaultResult). Launch: ABANDON
+    ends the launch: the instance is terminated (at the group's next check) and replaced;
+    CONTINUE of the last open action puts it in service. Termination: both results let the
+    termination proceed; ABANDON ends the other hooks' actions too, CONTINUE waits for them."""
     actions = ACTIONS.get(st.instance.id, {})
     actions.pop(hook, None)
+    if st.lifecycle_state == "Terminating:Wait":
+        if result == "ABANDON" or not actions:
+            ACTIONS.pop(st.instance.id, None)
+            st.lifecycle_state = "Terminating:Proceed"
+            ec2_terminate(group.region, [st.instance.id], group_conf(group))
+        return
     if result == "ABANDON":
         ACTIONS.pop(st.instance.id, None)
         st.lifecycle_state = "Terminating"
@@ -1068,26 +1148,20 @@ def finish_action(group, st, hook, result, now):
 
 def lifecycle_tick(group, now):
     """Launch hooks: an instance EC2 runs enters Pending:Wait with one action per launch hook
-    (InService when there is none); an action not completed by its heartbeat timeout (or the
-    global timeout) takes its hook's DefaultResult
+    (InService when there is none); an action (of a launch or a termination hook) not
+    completed by its heartbeat timeout (or the global timeout) takes its hook's DefaultResult
     (docs.aws.amazon.com/autoscaling/ec2/userguide/lifecycle-hooks-overview.html)."""
     conf = None
     for st in list(group.instance_states):
         if st.lifecycle_state == "Pending" and st.instance.state == "running":
             conf = conf or group_conf(group)
-            hooks = [
-                h
-                for h in group.autoscaling_backend.lifecycle_hooks.values()
-                if h.auto_scaling_group_name == group.name and h.lifecycle_transition == LAUNCH_HOOK
-            ]
+            hooks = hooks_of(group, LAUNCH_HOOK)
             if hooks and getattr(st, "tb_hooks", True):
-                ACTIONS[st.instance.id] = {h.name: new_action(h, conf, now) for h in hooks}
-                for a in ACTIONS[st.instance.id].values():
-                    a["group"], a["region"] = group.name, group.region
+                open_actions_for(group, st, hooks, conf, now)
                 st.lifecycle_state = "Pending:Wait"
             else:
                 to_service(st, now)
-        elif st.lifecycle_state == "Pending:Wait":
+        elif st.lifecycle_state in ("Pending:Wait", "Terminating:Wait"):
             for hook, a in list(ACTIONS.get(st.instance.id, {}).items()):
                 if now >= min(a["deadline"], a["global_deadline"]):
                     finish_action(group, st, hook, a["default_result"], now)
@@ -1106,8 +1180,8 @@ def health_check(group, now):
             group.instance_states.remove(st)
             ACTIONS.pop(st.instance.id, None)
             continue
-        if st.lifecycle_state == "Terminating":
-            ec2_terminate(group.region, [st.instance.id], conf)  # an abandoned launch
+        if st.lifecycle_state in ("Terminating", "Terminating:Proceed"):
+            ec2_terminate(group.region, [st.instance.id], conf)  # e.g. an abandoned launch
             continue
         if st.lifecycle_state not in ("Pending", "Pending:Wait", "InService"):
             continue
@@ -1130,7 +1204,7 @@ def health_check(group, now):
         successor = states.get(st.tb_successor)
         if successor is not None and successor.lifecycle_state == "InService":
             begin_termination(group, st, conf, now)
-        elif successor is None or successor.lifecycle_state == "Terminating":
+        elif successor is None or leaving(successor):
             st.tb_successor = None
             again = launch(group, conf, now)
             st.tb_successor = again.instance.id if again else None
@@ -1421,6 +1495,7 @@ def open_actions():
             "auto_scaling_group": a["group"],
             "region": a["region"],
             "hook": hook,
+            "transition": a["transition"],
             "instance_id": iid,
             "token": a["token"],
             "seconds_left": max(0.0, min(a["deadline"], a["global_deadline"]) - now),
@@ -1554,6 +1629,11 @@ def tags(backend, resource_id):
 
 def state(region, vpc_id):
     backend = ec2(region)
+    targets = {
+        st.instance.id: target_lifecycle_state(st)
+        for group in asg_backend(region).autoscaling_groups.values()
+        for st in group.instance_states
+    }
     instances, ids = [], set()
     for instance in backend.all_instances():
         if instance.vpc_id != vpc_id:
@@ -1572,6 +1652,8 @@ def state(region, vpc_id):
                 "instance_type": instance.instance_type,
                 "root_device_name": instance.root_device_name,
                 "tags": tags(backend, instance.id),
+                # None outside an Auto Scaling group: IMDS answers 404 for the item then.
+                "target_lifecycle_state": targets.get(instance.id),
             }
         )
     enis = []
