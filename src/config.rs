@@ -89,7 +89,35 @@ pub struct WatchSettings {
     pub listener_timeout: Duration,
     /// The broker's pidfile; `None` = the process is judged by its listener and registration.
     pub pidfile: Option<PathBuf>,
+    /// How often IMDS's `autoscaling/target-lifecycle-state` is read: once it says
+    /// `Terminated`, the group is terminating this instance and the watchdog leaves cleanly
+    /// ([`crate::leave`]). IMDS is local and cheap; a few seconds cost nothing.
+    #[serde(rename = "lifecycle_poll_seconds", serialize_with = "as_seconds")]
+    pub lifecycle_poll: Duration,
+    /// The group's termination lifecycle hook (EC2_INSTANCE_TERMINATING) this instance
+    /// heartbeats while it leaves and completes with CONTINUE; its group is `[signal]
+    /// auto_scaling_group` or the instance's `aws:autoscaling:groupName` tag. `None` = the
+    /// group has none: EC2 takes the instance down at once, and the watchdog only stops
+    /// watching.
+    pub termination_hook: Option<String>,
+    /// How the broker is stopped when the instance leaves (argv, absolute program path; the
+    /// broker's controlled shutdown): `systemctl stop kafka.service` by default, which returns
+    /// once the unit's processes are gone (or killed at its TimeoutStopSec).
+    pub stop_command: Vec<String>,
+    /// How long the stop command may run.
+    #[serde(rename = "stop_timeout_seconds", serialize_with = "as_seconds")]
+    pub stop_timeout: Duration,
+    /// The bound of the whole leave, from seeing `Terminated` to completing the lifecycle
+    /// action: what is not released by then is left to EC2's release at termination.
+    #[serde(rename = "leave_timeout_seconds", serialize_with = "as_seconds")]
+    pub leave_timeout: Duration,
+    /// How often the termination hook hears a heartbeat while the instance leaves.
+    #[serde(rename = "heartbeat_seconds", serialize_with = "as_seconds")]
+    pub heartbeat: Duration,
 }
+
+/// `[watch] stop_command`'s default: the broker's systemd unit, stopped as an operator would.
+pub const DEFAULT_STOP_COMMAND: [&str; 3] = ["/usr/bin/systemctl", "stop", "kafka.service"];
 
 /// `[signal]`: when the node counts as serving, and whom `signal` (and a failed `boot`) tells.
 #[derive(Debug, Clone, Serialize)]
@@ -409,6 +437,12 @@ struct RawWatch {
     lease_bound_seconds: Option<i64>,
     listener_timeout_seconds: Option<i64>,
     pidfile: Option<PathBuf>,
+    lifecycle_poll_seconds: Option<i64>,
+    termination_hook: Option<String>,
+    stop_command: Option<Vec<String>>,
+    stop_timeout_seconds: Option<i64>,
+    leave_timeout_seconds: Option<i64>,
+    heartbeat_seconds: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -1378,8 +1412,9 @@ fn validate_signal(
     })
 }
 
-/// `[watch]`: bounded durations, an absolute pidfile. A check that takes longer than the
-/// interval delays the next one (never two at once).
+/// `[watch]`: bounded durations, an absolute pidfile, a hook name as Auto Scaling takes it, a
+/// stop command starting with an absolute path. A check that takes longer than the interval
+/// delays the next one (never two at once). The leave's bound holds the stop's.
 fn validate_watch(
     raw: RawWatch,
     err: &dyn Fn(&str, String) -> ConfigError,
@@ -1424,6 +1459,63 @@ fn validate_watch(
             format!("{} is relative; expected an absolute path", p.display()),
         ));
     }
+    let lifecycle_poll = secs(
+        "watch.lifecycle_poll_seconds",
+        raw.lifecycle_poll_seconds,
+        5,
+        1,
+        3_600,
+    )?;
+    if let Some(h) = &raw.termination_hook
+        && (!(1..=255).contains(&h.len()) || h.contains(char::is_control))
+    {
+        return Err(err(
+            "watch.termination_hook",
+            format!("{h:?} is not a name; expected 1 to 255 characters"),
+        ));
+    }
+    let stop_command = raw
+        .stop_command
+        .unwrap_or_else(|| DEFAULT_STOP_COMMAND.map(String::from).to_vec());
+    if !stop_command.first().is_some_and(|p| p.starts_with('/')) {
+        return Err(err(
+            "watch.stop_command",
+            "expected an argv array whose first element is an absolute program path".to_string(),
+        ));
+    }
+    let stop_timeout = secs(
+        "watch.stop_timeout_seconds",
+        raw.stop_timeout_seconds,
+        300,
+        1,
+        7_200,
+    )?;
+    // The lifecycle hook's global timeout is at most 48 hours (Auto Scaling User Guide,
+    // "Amazon EC2 Auto Scaling lifecycle hooks").
+    let leave_timeout = secs(
+        "watch.leave_timeout_seconds",
+        raw.leave_timeout_seconds,
+        900,
+        30,
+        172_800,
+    )?;
+    if stop_timeout >= leave_timeout {
+        return Err(err(
+            "watch.stop_timeout_seconds",
+            format!(
+                "{} is not below watch.leave_timeout_seconds ({}); expected the stop to fit in the leave",
+                stop_timeout.as_secs(),
+                leave_timeout.as_secs()
+            ),
+        ));
+    }
+    let heartbeat = secs(
+        "watch.heartbeat_seconds",
+        raw.heartbeat_seconds,
+        60,
+        1,
+        7_200,
+    )?;
     Ok(WatchSettings {
         interval,
         unhealthy_after,
@@ -1431,6 +1523,12 @@ fn validate_watch(
         lease_bound,
         listener_timeout,
         pidfile: raw.pidfile,
+        lifecycle_poll,
+        termination_hook: raw.termination_hook,
+        stop_command,
+        stop_timeout,
+        leave_timeout,
+        heartbeat,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod config;
 pub mod deadline;
 pub mod exit;
 pub mod journal;
+pub mod leave;
 pub mod network;
 pub mod render;
 pub mod signal;

@@ -21,6 +21,10 @@
 //!   recovered or whose mark failed.
 //! * What it says: every change of decision is logged at info with structured fields, and
 //!   every check is journalled as `watch.json` for `status`.
+//! * Leaving: every `lifecycle_poll_seconds` it reads IMDS's target lifecycle state; once the
+//!   group is terminating this instance (`Terminated`) it leaves cleanly ([`crate::leave`]:
+//!   stops the broker, unmounts, releases the volume and the ENI, completes the termination
+//!   hook) and from then on holds back (`leaving`): the broker is stopped on purpose.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -97,6 +101,8 @@ pub struct Observation {
     #[serde(serialize_with = "reachability")]
     pub coordination: Result<(), String>,
     pub lease: LeaseState,
+    /// The group is terminating this instance (target lifecycle state `Terminated`).
+    pub leaving: bool,
 }
 
 // --- what is decided ---------------------------------------------------------------------
@@ -119,6 +125,9 @@ pub enum HoldBack {
     ReplacementInFlight { holder: String, id: u32 },
     /// No lease can be taken (the backend has none, or it could not be read).
     NoLease { why: String },
+    /// The group is terminating this instance (IMDS's target lifecycle state is
+    /// `Terminated`): the broker is stopped on purpose, and nothing is marked.
+    Leaving,
 }
 
 /// The decision after one check.
@@ -189,6 +198,10 @@ impl Watchdog {
 
     /// Decides after one check. Pure: the observation carries the time.
     pub fn observe(&mut self, policy: &Policy, obs: &Observation) -> Decision {
+        if obs.leaving {
+            self.streak = None;
+            return hold(HoldBack::Leaving, None);
+        }
         let Some(since_boot) = obs.since_boot else {
             self.streak = None;
             return hold(HoldBack::NotBooted, None);
@@ -692,6 +705,7 @@ async fn check(
         registration: registration_probe,
         coordination,
         lease,
+        leaving: false,
     };
     (obs, version)
 }
@@ -699,6 +713,8 @@ async fn check(
 /// The loop's memory besides the decision's.
 struct Acting {
     clients: Option<crate::aws::Clients>,
+    /// This instance's id, as IMDS told it when the clients were made.
+    identity: Option<String>,
     marked_at: Option<(Instant, u64)>,
 }
 
@@ -741,10 +757,11 @@ async fn mark(
         _ => bail!("no replacement lease to take"),
     };
     if acting.clients.is_none() {
-        let (clients, _) = crate::aws::Clients::connect(Instant::now() + Duration::from_secs(30))
+        let (clients, me) = crate::aws::Clients::connect(Instant::now() + Duration::from_secs(30))
             .await
             .context("connecting to AWS to mark this instance Unhealthy")?;
         acting.clients = Some(clients);
+        acting.identity = Some(me.instance_id);
     }
     let clients = acting.clients.as_ref().expect("connected above");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -796,14 +813,35 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let mut node: Option<Me> = None;
     let mut acting = Acting {
         clients: None,
+        identity: None,
         marked_at: None,
     };
     let mut last: Option<String> = None;
     let mut tick = tokio::time::interval(w.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = tokio::time::interval(w.lifecycle_poll);
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let imds = crate::aws::imds::Imds::new();
+    // Whether the group is terminating this instance, and whether the leave is done.
+    let (mut leaving, mut left) = (false, false);
     loop {
-        tick.tick().await;
-        if node.is_none() {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = poll.tick() => {
+                if left {
+                    continue;
+                }
+                if crate::leave::target_state(&imds).await.as_deref() != Some(crate::leave::TERMINATED) {
+                    continue;
+                }
+                if !leaving {
+                    tracing::info!(broker_id = ?node.as_ref().map(|m| m.id), "the target lifecycle state is Terminated: the group is terminating this instance");
+                    leaving = true;
+                }
+                left = leave(settings, &mut acting).await;
+            }
+        }
+        if node.is_none() && !leaving {
             match me(settings).await {
                 Ok(m) => {
                     tracing::info!(broker_id = m.id, instance = %m.instance_id, address = %m.address, "watching this node's broker");
@@ -813,6 +851,21 @@ pub async fn run(settings: &Settings) -> Result<()> {
             }
         }
         let (obs, version) = match &node {
+            _ if leaving => (
+                Observation {
+                    at: started.elapsed(),
+                    since_boot: since_boot(settings),
+                    process: Probe::NotChecked,
+                    listener: Probe::NotChecked,
+                    registration: Probe::NotChecked,
+                    coordination: Ok(()),
+                    lease: LeaseState::Unknown {
+                        why: "leaving: not read".into(),
+                    },
+                    leaving: true,
+                },
+                None,
+            ),
             Some(m) => check(settings, &mut zk, m, started).await,
             None => (
                 Observation {
@@ -825,6 +878,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
                     lease: LeaseState::Unknown {
                         why: "no claim journalled yet".into(),
                     },
+                    leaving: false,
                 },
                 None,
             ),
@@ -902,6 +956,39 @@ pub async fn run(settings: &Settings) -> Result<()> {
         };
         if let Err(e) = crate::journal::record(&settings.paths.state_dir, "watch", &journal) {
             tracing::warn!(error = %format!("{e:#}"), "journalling watch.json");
+        }
+    }
+}
+
+/// Leaves cleanly ([`crate::leave::run`]); true once done (every step tried and the hook
+/// told, or no hook to tell), false to try again at the next poll.
+async fn leave(settings: &Settings, acting: &mut Acting) -> bool {
+    if settings.watch.termination_hook.is_none() {
+        tracing::info!(
+            "no [watch] termination_hook: EC2 takes this instance down, and systemd stops the broker on the way"
+        );
+        return true;
+    }
+    if acting.clients.is_none() {
+        match crate::aws::Clients::connect(Instant::now() + Duration::from_secs(30)).await {
+            Ok((clients, me)) => {
+                acting.clients = Some(clients);
+                acting.identity = Some(me.instance_id);
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "connecting to AWS to leave; again at the next poll");
+                return false;
+            }
+        }
+    }
+    let (Some(clients), Some(me)) = (&acting.clients, &acting.identity) else {
+        return false;
+    };
+    match crate::leave::run(settings, clients, me).await {
+        Ok(j) => j.completed.is_some() || j.lifecycle_hook.is_none(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "leaving; again at the next poll");
+            false
         }
     }
 }
@@ -990,6 +1077,7 @@ mod tests {
             registration: Probe::Ok,
             coordination: Ok(()),
             lease: LeaseState::Free,
+            leaving: false,
         }
     }
 
@@ -1256,6 +1344,30 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn nothing_is_marked_while_the_group_terminates_this_instance() {
+        let mut w = Watchdog::new();
+        // Failing long enough to be marked, then the group begins to terminate the instance.
+        let mut checks: Vec<Observation> = (0..5).map(|i| hung(i * 10, 400 + i * 10)).collect();
+        checks.extend((5..20).map(|i| Observation {
+            leaving: true,
+            ..hung(i * 10, 400 + i * 10)
+        }));
+        let d = run(&mut w, checks);
+        assert_eq!(marks(&d), 0, "{d:?}");
+        for d in &d[5..] {
+            assert_eq!(
+                *d,
+                Decision::HoldBack {
+                    why: HoldBack::Leaving,
+                    failing: None
+                }
+            );
+        }
+        let v = serde_json::json!({"decision": d[5]});
+        assert_eq!(v["decision"]["reason"], "leaving");
     }
 
     #[test]

@@ -461,6 +461,38 @@ impl Ec2 {
             .map(|_| ())
             .map_err(|e| aws_error(e, &format!("tagging {resource} with {}", said.join(","))))
     }
+
+    /// Detaches an ENI from this instance (`holder`) by its attachment id, not by force: the
+    /// leave of an instance the group terminates, after its broker stopped. A refusal because
+    /// EC2 is busy with it, or it is detached already, is logged: look again.
+    pub async fn detach_eni(&self, eni: &str, attachment: &str, holder: &str) -> Result<Mutation> {
+        tolerate_race(
+            self.client
+                .detach_network_interface()
+                .attachment_id(attachment)
+                .force(false)
+                .send()
+                .await,
+            &format!("detaching {eni} from {holder}"),
+        )
+    }
+
+    /// Detaches a volume from this instance (`holder`), not by force: only once nothing has it
+    /// mounted ("If an Amazon EBS volume is the root device of an instance, it can't be
+    /// detached while the instance is running"; a mounted one "can ... be stuck in the busy
+    /// state", DetachVolume API reference). A refusal as in [`Ec2::detach_eni`] is logged.
+    pub async fn detach_volume(&self, volume: &str, holder: &str) -> Result<Mutation> {
+        tolerate_race(
+            self.client
+                .detach_volume()
+                .volume_id(volume)
+                .instance_id(holder)
+                .force(false)
+                .send()
+                .await,
+            &format!("detaching {volume} from {holder}"),
+        )
+    }
 }
 
 #[cfg(test)]

@@ -1,4 +1,5 @@
-//! The IMDS seam: who and where this instance is, and what IMDSv2 says about its ENIs.
+//! The IMDS seam: who and where this instance is, what IMDSv2 says about its ENIs, and the
+//! Auto Scaling target lifecycle state (whether the group is terminating it).
 //!
 //! Raw metadata paths live here only; aws-config's IMDS client honours
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` (and the shared config's
@@ -103,6 +104,23 @@ impl Imds {
             super::retry_transient(deadline, || self.get("/latest/meta-data/local-ipv4")).await?;
         ip.parse()
             .with_context(|| format!("IMDS local-ipv4 {ip:?} is not an address"))
+    }
+
+    /// `autoscaling/target-lifecycle-state`: the Auto Scaling steady state this instance is
+    /// transitioning to (`InService`, `Terminated`, `Detached`, `Standby`, `Warmed:*`). Auto
+    /// Scaling sets it "when an instance prepares to transition to one of the preceding steady
+    /// states" (Auto Scaling User Guide, "Retrieve the target lifecycle state through instance
+    /// metadata"): `Terminated` while a termination hook holds the instance in
+    /// Terminating:Wait. `None` when IMDS has no such item (404: not in a group, or never
+    /// moved since the item exists). One read: any failure is returned, and the watchdog asks
+    /// again at its next poll.
+    pub async fn target_lifecycle_state(&self) -> Result<Option<String>> {
+        let path = "/latest/meta-data/autoscaling/target-lifecycle-state";
+        match self.client.get(path.to_string()).await {
+            Ok(v) => Ok(Some(v.as_ref().trim().to_string())),
+            Err(ImdsError::ErrorResponse(r)) if r.response().status().as_u16() == 404 => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("reading {path} from IMDS"))),
+        }
     }
 
     /// Reads the ENI's facts once IMDS has caught up with EC2: it lists the ENI with a real

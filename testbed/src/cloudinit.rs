@@ -20,8 +20,10 @@
 //!
 //! The units run in the order of the project's systemd/ files: oneshot units to completion
 //! (a failed one stops the units after it, as `Requires=` does), long-running ones started
-//! and left running. On terminate the host's processes get SIGTERM when the instance begins
-//! shutting down and SIGKILL when it is gone.
+//! and left running, their main pid in the host's `run/<unit>.pid` while they run (systemd's
+//! MainPID; `testbed/standin/kafka-stop.sh` stops a unit by it, as `systemctl stop` would). On
+//! terminate the host's processes get SIGTERM when the instance begins shutting down and
+//! SIGKILL when it is gone.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -167,8 +169,16 @@ pub(crate) async fn boot(spec: Arc<BootSpec>, host: HostBoot, procs: Processes) 
         };
         if !unit.oneshot {
             let (d, name) = (dir.clone(), unit.name.clone());
+            let pidfile = dir.join(format!("run/{name}.pid"));
+            let pid = child.id().map(|p| p.to_string()).unwrap_or_default();
+            let _ = std::fs::create_dir_all(pidfile.parent().unwrap());
+            let _ = std::fs::write(&pidfile, format!("{pid}\n"));
             tokio::spawn(async move {
                 let status = child.wait().await;
+                // systemd forgets a unit's MainPID once it exited.
+                if std::fs::read_to_string(&pidfile).is_ok_and(|p| p.trim() == pid) {
+                    let _ = std::fs::remove_file(&pidfile);
+                }
                 note(&d, &format!("{name}: exited ({})", describe(status)));
             });
             continue;

@@ -1,9 +1,10 @@
 //! A Kafka cluster deployed on the testbed as the project deploys one on AWS: per broker id a
 //! tagged ENI and EBS volume in its AZ; a stack whose `Brokers` resource waits for one signal
 //! per broker (a CreationPolicy); an Auto Scaling Group over the AZs' subnets with a launch
-//! lifecycle hook, the stack's tags propagated to its instances, and the project's user data
-//! (a `#cloud-config` writing the cluster's agent settings); an image whose boot runs the
-//! agent, the stand-in broker and the signal as the project's systemd units do.
+//! lifecycle hook (and, when asked, a termination hook), the stack's tags propagated to its
+//! instances, and the project's user data (a `#cloud-config` writing the cluster's agent
+//! settings); an image whose boot runs the agent, the stand-in broker and the signal (and the
+//! watchdog, with the termination hook) as the project's systemd units do.
 //!
 //! Shared by the demo (`kafka-testbed demo`) and the self-healing tests.
 
@@ -19,6 +20,17 @@ use crate::cloudinit::{BootSpec, Unit};
 /// The stack's resource the brokers signal, and the launch hook's name.
 pub const LOGICAL_ID: &str = "Brokers";
 pub const HOOK: &str = "launch";
+/// The termination hook's name (`Spec::termination_hook`).
+pub const LEAVE_HOOK: &str = "leave";
+
+/// The testbed's stand-in for `systemctl stop kafka.service` (its hosts have no systemd): the
+/// image's `[watch] stop_command`.
+pub fn stop_script() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/standin/kafka-stop.sh"
+    ))
+}
 
 /// What to deploy.
 #[derive(Debug, Clone)]
@@ -37,6 +49,10 @@ pub struct Spec {
     /// unhealthy instance (MinHealthyPercentage 100, MaxHealthyPercentage 200) instead of the
     /// default, terminate first. The project's deployments use the default: see README.
     pub launch_before_terminate: bool,
+    /// The group has a termination lifecycle hook ([`LEAVE_HOOK`], 300 s, DefaultResult
+    /// CONTINUE) and the image runs `kafka-agent watch` (kafka-agent-watch.service), which
+    /// leaves cleanly when the group terminates its instance.
+    pub termination_hook: bool,
 }
 
 /// One broker id's resources.
@@ -63,14 +79,18 @@ pub struct Deployed {
     cfn: aws_sdk_cloudformation::Client,
 }
 
-/// The image's own configuration (what the AMI bakes): the host's paths.
+/// The image's own configuration (what the AMI bakes): the host's paths, and how its broker
+/// is stopped.
 fn baked_config() -> String {
-    "# Baked into the image: where this host keeps things.\n\
-     [paths]\nstate_dir = \"{host}/var/lib/kafka-agent\"\n\n\
-     [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
-     sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
-     [kafka]\noutput = \"{host}/etc/kafka/server.properties\"\n"
-        .to_string()
+    format!(
+        "# Baked into the image: where this host keeps things.\n\
+         [paths]\nstate_dir = \"{{host}}/var/lib/kafka-agent\"\n\n\
+         [storage]\ndata_dir = \"{{host}}/var/lib/kafka\"\nfstab = \"{{host}}/etc/fstab\"\n\
+         sysfs_root = \"{{host}}/sys\"\ndev_root = \"{{host}}/dev\"\n\n\
+         [kafka]\noutput = \"{{host}}/etc/kafka/server.properties\"\n\n\
+         [watch]\nstop_command = [\"{}\", \"{{host}}/run/kafka.pid\"]\n",
+        stop_script().display()
+    )
 }
 
 /// The project's user data: the cluster's settings, as a drop-in beside the image's.
@@ -81,11 +101,16 @@ pub fn user_data(spec: &Spec, zk_connect: &str) -> String {
          [claim]\nbackend = \"{backend}\"\n\n\
          [zookeeper]\nconnect = \"{zk_connect}\"\n\n\
          [kafka]\nmode = \"zookeeper\"\n\n\
-         [signal]\nlifecycle_hook = \"{HOOK}\"\nready_timeout_seconds = 120\n",
+         [signal]\nlifecycle_hook = \"{HOOK}\"\nready_timeout_seconds = 120\n{watch}",
         name = spec.name,
         size = spec.azs.len(),
         deadline = spec.deadline_seconds,
         backend = spec.backend,
+        watch = if spec.termination_hook {
+            format!("\n[watch]\ntermination_hook = \"{LEAVE_HOOK}\"\nlifecycle_poll_seconds = 1\n")
+        } else {
+            String::new()
+        },
     );
     let indented: String = settings.lines().map(|l| format!("      {l}\n")).collect();
     format!(
@@ -128,10 +153,23 @@ fn image(spec: &Spec) -> BootSpec {
             // kafka-agent-signal.service: after kafka.service.
             Unit {
                 name: "kafka-agent-signal".into(),
-                argv: vec![agent, "--config".into(), config, "signal".into()],
+                argv: vec![
+                    agent.clone(),
+                    "--config".into(),
+                    config.clone(),
+                    "signal".into(),
+                ],
                 oneshot: true,
             },
-        ],
+        ]
+        .into_iter()
+        // kafka-agent-watch.service: long-running, after kafka.service.
+        .chain(spec.termination_hook.then(|| Unit {
+            name: "kafka-agent-watch".into(),
+            argv: vec![agent, "--config".into(), config, "watch".into()],
+            oneshot: false,
+        }))
+        .collect(),
     }
 }
 
@@ -247,6 +285,18 @@ impl Deployed {
             .send()
             .await
             .context("PutLifecycleHook")?;
+        if spec.termination_hook {
+            autoscaling
+                .put_lifecycle_hook()
+                .auto_scaling_group_name(&group)
+                .lifecycle_hook_name(LEAVE_HOOK)
+                .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+                .heartbeat_timeout(300)
+                .default_result("CONTINUE")
+                .send()
+                .await
+                .context("PutLifecycleHook (termination)")?;
+        }
         autoscaling
             .set_desired_capacity()
             .auto_scaling_group_name(&group)

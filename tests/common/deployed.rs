@@ -34,17 +34,33 @@ pub static CLUSTERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(
 
 /// Deploys a 3-broker cluster over AZs a, b and c and waits until every broker serves.
 pub async fn deploy_with(world: &World, backend: &str, launch_before_terminate: bool) -> Deployed {
+    deploy_spec(world, backend, |s| {
+        s.launch_before_terminate = launch_before_terminate
+    })
+    .await
+}
+
+/// Deploys as [`deploy`] does, with the group's termination hook and `kafka-agent watch` on
+/// every broker (kafka-agent-watch.service), which leaves cleanly when the group terminates
+/// its instance.
+pub async fn deploy_leaving(world: &World, backend: &str) -> Deployed {
+    deploy_spec(world, backend, |s| s.termination_hook = true).await
+}
+
+async fn deploy_spec(world: &World, backend: &str, tweak: impl FnOnce(&mut Spec)) -> Deployed {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let spec = Spec {
+    let mut spec = Spec {
         name: format!("{}-{n}", world.id),
         backend: backend.into(),
         azs: vec!["a".into(), "b".into(), "c".into()],
         agent: agent(),
         standin: standin(),
         deadline_seconds: 120,
-        launch_before_terminate,
+        launch_before_terminate: false,
+        termination_hook: false,
     };
+    tweak(&mut spec);
     let cluster = Deployed::deploy(world, testbed::shared(), spec)
         .await
         .unwrap();

@@ -51,6 +51,7 @@ pub async fn run(name: &str, backend: &str, hold: bool) -> Result<()> {
         standin,
         deadline_seconds: 300,
         launch_before_terminate: false,
+        termination_hook: false,
     };
     let started = Instant::now();
     let cluster = Deployed::deploy(&world, &services, spec).await?;

@@ -46,6 +46,7 @@ pub async fn run(backend: &str, samples: usize) -> Result<()> {
         standin: dir.join("kafka-standin"),
         deadline_seconds: 300,
         launch_before_terminate: false,
+        termination_hook: false,
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     cluster
