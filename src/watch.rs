@@ -788,8 +788,9 @@ async fn mark(
 
 /// `kafka-agent watch`: checks the broker every `[watch] interval_seconds` until stopped;
 /// logs every change of decision, journals every check (`watch.json`), marks the instance
-/// Unhealthy when the decision says so. Returns only on a problem it cannot watch through
-/// (a role it does not watch).
+/// Unhealthy when the decision says so, leaves cleanly when the group terminates the instance.
+/// Returns Ok on SIGTERM (after a leave in progress), an error only on a problem it cannot
+/// watch through (a role it does not watch).
 pub async fn run(settings: &Settings) -> Result<()> {
     if settings.cluster.role != Role::Kafka {
         bail!("kafka-agent watch watches a Kafka broker; this node's role is zookeeper");
@@ -824,8 +825,16 @@ pub async fn run(settings: &Settings) -> Result<()> {
     let imds = crate::aws::imds::Imds::new();
     // Whether the group is terminating this instance, and whether the leave is done.
     let (mut leaving, mut left) = (false, false);
+    // SIGTERM (systemctl stop, the OS shutting down once the hook is completed) ends the loop
+    // between checks: a leave in progress finishes, its journal written, first.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("listening for SIGTERM")?;
     loop {
         tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: the watchdog stops");
+                return Ok(());
+            }
             _ = tick.tick() => {}
             _ = poll.tick() => {
                 if left {

@@ -256,3 +256,96 @@ async fn scale_in_and_replacement_leave_cleanly_and_the_successor_attaches_at_on
 {
     scale_in_and_replacement_leave_cleanly("cloudwatch-logs").await;
 }
+
+/// The same replacement without a termination hook: EC2 takes the instance down at once and
+/// keeps its volume and ENI for [`RELEASE_DELAY`] s, and the successor waits for that release.
+/// What the tests above show the hook saves.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_termination_hook_the_successor_waits_for_ec2_to_release() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    common::configure(
+        &world,
+        ScopeSettings {
+            release_delay: Some(RELEASE_DELAY),
+            ..Default::default()
+        },
+    )
+    .await;
+    let cluster = common::deployed::deploy(&world, "zookeeper").await;
+    let nodes = broker_instances(&world, &cluster).await;
+    autoscaling(&world)
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&nodes[1])
+        .should_decrement_desired_capacity(false)
+        .send()
+        .await
+        .unwrap();
+    let successor = successor_of(&world, &cluster, 1, &nodes).await;
+    let attach = read_json(&world, &successor, "attach");
+    assert_eq!(attach["eni"]["how"], "released", "{attach}");
+    assert_eq!(attach["volume"]["how"], "released", "{attach}");
+    assert_eq!(
+        read_json(&world, &nodes[1], "leave"),
+        serde_json::Value::Null
+    );
+}
+
+/// Something keeps the data directory busy on the leaving instance: it is not unmounted, so
+/// the volume is never detached (EC2 releases it after the termination) while the ENI goes,
+/// and the hook is completed all the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_busy_volume_is_never_detached_and_is_left_to_ec2() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    common::configure(
+        &world,
+        ScopeSettings {
+            release_delay: Some(RELEASE_DELAY),
+            ..Default::default()
+        },
+    )
+    .await;
+    let cluster = deploy_leaving(&world, "zookeeper").await;
+    let nodes = broker_instances(&world, &cluster).await;
+    let victim = nodes[1].clone();
+    // A process whose working directory is in the volume's filesystem: umount says busy.
+    let mut busy = std::process::Command::new("sleep")
+        .arg("600")
+        .current_dir(world.host_dir(&victim).join("var/lib/kafka"))
+        .spawn()
+        .unwrap();
+    autoscaling(&world)
+        .terminate_instance_in_auto_scaling_group()
+        .instance_id(&victim)
+        .should_decrement_desired_capacity(false)
+        .send()
+        .await
+        .unwrap();
+    terminated(&world, &victim).await;
+    let _ = busy.kill();
+    let _ = busy.wait();
+    let j = read_json(&world, &victim, "leave");
+    let outcome = |name: &str| {
+        j["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["step"] == name)
+            .map(|s| s["outcome"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(outcome("stop"), "ok", "{j}");
+    assert_eq!(outcome("unmount"), "failed", "{j}");
+    assert_eq!(outcome("volume"), "kept", "{j}");
+    assert_eq!(outcome("eni"), "ok", "{j}");
+    assert_eq!(outcome("complete"), "ok", "{j}");
+    let successor = successor_of(&world, &cluster, 1, &nodes).await;
+    let attach = read_json(&world, &successor, "attach");
+    assert_eq!(attach["eni"]["how"], "attached", "{attach}");
+    assert_eq!(attach["volume"]["how"], "released", "{attach}");
+}
