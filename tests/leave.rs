@@ -344,6 +344,17 @@ async fn a_busy_volume_is_never_detached_and_is_left_to_ec2() {
     assert_eq!(outcome("volume"), "kept", "{j}");
     assert_eq!(outcome("eni"), "ok", "{j}");
     assert_eq!(outcome("complete"), "ok", "{j}");
+    // The unmount was tried for 10 s: the hook heard heartbeats meanwhile (every 2 s here).
+    assert!(j["heartbeats"].as_u64().unwrap() >= 2, "{j}");
+    let beats = testbed::shared()
+        .moto
+        .lifecycle_actions()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.kind == "heartbeat" && a.instance_id.as_deref() == Some(victim.as_str()))
+        .count();
+    assert!(beats >= 2, "{beats} heartbeats recorded");
     let successor = successor_of(&world, &cluster, 1, &nodes).await;
     let attach = read_json(&world, &successor, "attach");
     assert_eq!(attach["eni"]["how"], "attached", "{attach}");

@@ -107,7 +107,10 @@ pub fn user_data(spec: &Spec, zk_connect: &str) -> String {
         deadline = spec.deadline_seconds,
         backend = spec.backend,
         watch = if spec.termination_hook {
-            format!("\n[watch]\ntermination_hook = \"{LEAVE_HOOK}\"\nlifecycle_poll_seconds = 1\n")
+            format!(
+                "\n[watch]\ntermination_hook = \"{LEAVE_HOOK}\"\nlifecycle_poll_seconds = 1\n\
+                 heartbeat_seconds = 2\n"
+            )
         } else {
             String::new()
         },
