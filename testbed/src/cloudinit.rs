@@ -12,6 +12,14 @@
 //!   is refused loudly: the output log says which, and nothing of that document runs;
 //! * anything else (MIME multipart, `#include`, gzip) is refused the same way.
 //!
+//! The hosts have no systemd. A `runcmd` meets `systemctl` as the image's units are at that
+//! moment: every unit is enabled and none has run yet (the host starts them, in their order,
+//! once cloud-init is done). So `is-failed` / `is-active` answer `inactive`, and `start
+//! --no-block` / `enable --now --no-block` of the image's units is accepted as the start job
+//! their enablement already queued (noted as `systemctl: start <unit>`); an unknown unit fails
+//! as systemctl fails it (exit 5), and a blocking start or any other verb is refused loudly:
+//! they would need a unit to run during cloud-init, which this order does not model.
+//!
 //! Paths are the host's: an absolute path in user data lands below the host's directory, and
 //! commands run in the host's network namespace with `HOST_ROOT` set to that directory, its
 //! AWS endpoint (as the image's environment would have it) and cwd there. Output goes to the
@@ -142,7 +150,7 @@ pub(crate) async fn boot(spec: Arc<BootSpec>, host: HostBoot, procs: Processes) 
         None => note(dir, "cloud-init: no user data"),
         Some(data) => {
             note(dir, "cloud-init: start");
-            match cloud_init(&host, data, &log, &procs).await {
+            match cloud_init(&host, data, &log, &procs, &spec.units).await {
                 Ok(()) => note(dir, "cloud-init: done"),
                 Err(e) => {
                     append(&log, &format!("cloud-init: {e:#}\n"));
@@ -261,7 +269,13 @@ async fn run(host: &HostBoot, argv: &[String], log: &Path, procs: &Processes) ->
 }
 
 /// Runs the user data as cloud-init would, or refuses it naming what is not modelled.
-async fn cloud_init(host: &HostBoot, data: &str, log: &Path, procs: &Processes) -> Result<()> {
+async fn cloud_init(
+    host: &HostBoot,
+    data: &str,
+    log: &Path,
+    procs: &Processes,
+    units: &[Unit],
+) -> Result<()> {
     if data.starts_with("#!") {
         let script = host.dir.join("var/lib/cloud/instance/scripts/part-001");
         std::fs::create_dir_all(script.parent().unwrap())?;
@@ -315,10 +329,68 @@ async fn cloud_init(host: &HostBoot, data: &str, log: &Path, procs: &Processes) 
             other => bail!("runcmd entry {other} is neither a string nor a list"),
         };
         append(log, &format!("runcmd: {}\n", argv.join(" ")));
+        // `systemctl` is the image's as cloud-init meets it (see the module's documentation).
+        let shim = systemctl(&host.dir, units)?;
+        let path = std::env::var("PATH").unwrap_or_default();
+        let argv: Vec<String> = ["env".into(), format!("PATH={}:{path}", shim.display())]
+            .into_iter()
+            .chain(argv)
+            .collect();
         run(host, &argv, log, procs).await?;
     }
     Ok(())
 }
+
+/// Writes the host's `systemctl` for runcmd (`run/testbed/bin/systemctl`, knowing the image's
+/// `units`) and returns its directory.
+fn systemctl(dir: &Path, units: &[Unit]) -> Result<PathBuf> {
+    let bin = dir.join("run/testbed/bin");
+    std::fs::create_dir_all(&bin)?;
+    let names: Vec<&str> = units.iter().map(|u| u.name.as_str()).collect();
+    let script = SYSTEMCTL.replace("@UNITS@", &names.join(" "));
+    let path = bin.join("systemctl");
+    std::fs::write(&path, script).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    Ok(bin)
+}
+
+/// systemctl as runcmd meets it on the testbed's image: `@UNITS@` are the image's units.
+const SYSTEMCTL: &str = r#"#!/bin/sh
+# kafka-testbed: systemctl during cloud-init's runcmd (testbed/src/cloudinit.rs). The image's
+# units are enabled and none has run yet: the host starts them once cloud-init is done.
+units=" @UNITS@ "
+verb= names= quiet= block=1 now=
+for a in "$@"; do
+  case $a in
+    -q|--quiet) quiet=1 ;;
+    --no-block) block= ;;
+    --now) now=1 ;;
+    -*) echo "systemctl: option $a is not modelled by the testbed" >&2; exit 1 ;;
+    *) if [ -z "$verb" ]; then verb=$a; else names="$names $a"; fi ;;
+  esac
+done
+case $verb in
+  is-failed|is-active)
+    for n in $names; do [ -n "$quiet" ] || echo inactive; done
+    if [ "$verb" = is-failed ]; then exit 1; else exit 3; fi ;;
+  start|enable)
+    if [ "$verb" = enable ] && [ -z "$now" ]; then exit 0; fi
+    if [ -n "$block" ]; then
+      echo "systemctl $verb without --no-block is not modelled by the testbed: it would wait for a unit the host starts only after cloud-init" >&2
+      exit 1
+    fi
+    for n in $names; do
+      case "$units" in
+        *" ${n%.service} "*) ;;
+        *) echo "Failed to start $n: Unit $n not found." >&2; exit 5 ;;
+      esac
+    done
+    for n in $names; do
+      echo "$(date +%s%3N) systemctl: start $n" >>"$HOST_ROOT/var/log/testbed-boot.log"
+    done ;;
+  *) echo "systemctl $verb is not modelled by the testbed" >&2; exit 1 ;;
+esac
+"#;
 
 /// One `write_files` entry.
 fn write_file(dir: &Path, f: &serde_json::Value) -> Result<()> {
@@ -494,6 +566,45 @@ mod tests {
         assert!(f(serde_json::json!({"path": "/etc/y", "content": "", "defer": true})).is_err());
         assert!(f(serde_json::json!({"path": "/etc/y", "owner": "kafka:kafka"})).is_err());
         assert!(f(serde_json::json!({"path": "/etc/y", "encoding": "gzip"})).is_err());
+    }
+
+    #[test]
+    fn systemctl_in_runcmd_knows_the_images_units_and_that_none_has_run() {
+        let d = tempdir();
+        let unit = |name: &str| Unit {
+            name: name.into(),
+            argv: vec!["true".into()],
+            oneshot: true,
+        };
+        let bin = systemctl(&d, &[unit("kafka-agent"), unit("kafka")]).unwrap();
+        let sh = |cmd: &str| {
+            std::process::Command::new("sh")
+                .args(["-c", cmd])
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+                .env("HOST_ROOT", &d)
+                .output()
+                .unwrap()
+        };
+        let code = |cmd: &str| sh(cmd).status.code().unwrap();
+        std::fs::create_dir_all(d.join("var/log")).unwrap();
+        // The template's runcmd: nothing has failed, so the units are started.
+        let out = sh("systemctl is-failed --quiet kafka-agent.service || \
+                      systemctl start --no-block kafka-agent.service kafka.service");
+        assert!(out.status.success(), "{out:?}");
+        let log = std::fs::read_to_string(d.join("var/log/testbed-boot.log")).unwrap();
+        assert!(
+            log.contains(" systemctl: start kafka-agent.service\n"),
+            "{log}"
+        );
+        assert!(log.contains(" systemctl: start kafka.service\n"), "{log}");
+        assert_eq!(code("systemctl is-active kafka"), 3);
+        assert_eq!(code("systemctl enable --now --no-block kafka"), 0);
+        assert_eq!(
+            code("systemctl start --no-block kafka-agent-watch.service"),
+            5
+        );
+        assert_eq!(code("systemctl start kafka.service"), 1);
+        assert_eq!(code("systemctl restart --no-block kafka.service"), 1);
     }
 
     fn tempdir() -> PathBuf {
