@@ -63,6 +63,9 @@ pub struct Broker {
     pub eni: String,
     pub ip: String,
     pub volume: String,
+    /// The host its broker registers under (`/brokers/ids/<id>`): the ENI's address, or the
+    /// name the user data's `[kafka] advertised_host` gives the id.
+    pub host: String,
 }
 
 /// A deployed cluster.
@@ -75,8 +78,8 @@ pub struct Deployed {
     pub zk_connect: String,
     pub zk_local: String,
     pub chroot: String,
-    autoscaling: aws_sdk_autoscaling::Client,
-    cfn: aws_sdk_cloudformation::Client,
+    pub(crate) autoscaling: aws_sdk_autoscaling::Client,
+    pub(crate) cfn: aws_sdk_cloudformation::Client,
 }
 
 /// The image's own configuration (what the AMI bakes): the host's paths, and how its broker
@@ -199,6 +202,7 @@ impl Deployed {
                 id: id as u32,
                 az: az.clone(),
                 eni,
+                host: ip.clone(),
                 ip,
                 volume,
             });
@@ -364,8 +368,8 @@ impl Deployed {
             .unwrap_or_default())
     }
 
-    /// Which instance serves each broker id now (ZooKeeper's `/brokers/ids/<id>` with an
-    /// endpoint at the id's ENI address), read from this machine.
+    /// Which host serves each broker id now (ZooKeeper's `/brokers/ids/<id>` registered under
+    /// the id's host), read from this machine.
     pub async fn serving(&self) -> Result<BTreeMap<u32, String>> {
         let zk = zookeeper_client::Client::connect(&format!("{}{}", self.zk_local, self.chroot))
             .await
@@ -375,7 +379,7 @@ impl Deployed {
             let path = format!("/brokers/ids/{}", b.id);
             if let Ok((data, _)) = zk.get_data(&path).await {
                 let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
-                if v["host"].as_str() == Some(b.ip.as_str()) {
+                if v["host"].as_str() == Some(b.host.as_str()) {
                     out.insert(b.id, v["host"].as_str().unwrap_or_default().to_string());
                 }
             }
@@ -477,6 +481,7 @@ impl Deployed {
         let before: std::collections::BTreeSet<String> =
             self.instances().await?.into_keys().collect();
         let ip = self.brokers[id as usize].ip.clone();
+        let host = self.brokers[id as usize].host.clone();
         let t0 = Instant::now();
         let t0_ms = unix_ms();
         let mut events = vec![Event {
@@ -520,14 +525,14 @@ impl Deployed {
             match zk.get_data(&path).await {
                 Ok((data, stat)) => {
                     let v: serde_json::Value = serde_json::from_slice(&data).unwrap_or_default();
-                    if old_znode_gone && registered_after.is_none() && v["host"] == ip.as_str() {
+                    if old_znode_gone && registered_after.is_none() && v["host"] == host.as_str() {
                         let at = Duration::from_millis(
                             (stat.ctime as u128).saturating_sub(t0_ms) as u64
                         );
                         registered_after = Some(at);
                         events.push(Event {
                             at,
-                            what: format!("broker {id} registered at {ip}:{}", v["port"]),
+                            what: format!("broker {id} registered at {host}:{}", v["port"]),
                         });
                     }
                 }
