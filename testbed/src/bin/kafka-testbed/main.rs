@@ -34,6 +34,10 @@ enum Cmd {
         /// Keep the world up until Ctrl-C.
         #[arg(long)]
         hold: bool,
+        /// Deploy from cloudformation/kafka-cluster.yaml through moto's CloudFormation
+        /// (kafka_testbed::stack) instead of the testbed's own deployment.
+        #[arg(long)]
+        from_stack: bool,
     },
     /// Benchmark the claim step per backend: latency of one claim, and the time for N agents
     /// booting at once to all hold distinct ids. Build the agent with --release first.
@@ -110,7 +114,14 @@ fn main() -> ExitCode {
             cluster,
             backend,
             hold,
-        } => demo::run(&cluster, &backend, hold),
+            from_stack,
+        } => {
+            if from_stack {
+                testbed::stack::demo(&cluster, &backend, hold)
+            } else {
+                demo::run(&cluster, &backend, hold)
+            }
+        }
         Cmd::BenchClaim {
             agent,
             agents,
