@@ -24,7 +24,7 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::aws::Clients;
-use crate::aws::ec2::{Liveness, Mutation, ResourceKind as Kind};
+use crate::aws::ec2::{Liveness, Mutation, Resource, ResourceKind as Kind};
 use crate::aws::imds::Identity;
 use crate::aws::{is_transient, retry_transient};
 use crate::backoff::Backoff;
@@ -194,7 +194,7 @@ async fn find(
         .tagged(kind, &tags, az)
         .await?
         .into_iter()
-        .map(|r| (r.id, r.az))
+        .map(|r| (r.resource.id, r.az))
         .collect())
 }
 
@@ -230,19 +230,24 @@ async fn find_one(
     .into())
 }
 
-/// The resource's holder and, for an ENI, its attachment id and private IPs.
+/// The resource's holder and, for an ENI, its attachment id and private IPs, from a fresh
+/// look or from one handed over.
 async fn observe(
     clients: &Clients,
     me: &Identity,
     kind: Kind,
     resource: &str,
+    handed: Option<Resource>,
 ) -> Result<(
     Holder,
     Option<String>,
     Vec<String>,
     BTreeMap<String, String>,
 )> {
-    let r = clients.ec2.describe(kind, resource).await?;
+    let r = match handed {
+        Some(r) => r,
+        None => clients.ec2.describe(kind, resource).await?,
+    };
     let (holder, attachment) = match r.attachment {
         None => (Holder::Nobody, None),
         Some(a) if a.instance == me.instance_id => (Holder::Me(a.state), a.id),
@@ -304,16 +309,33 @@ async fn force_detach(
 /// How long an attach EC2 accepted may take to show in Describe* before it is issued again.
 const ATTACH_SHOWS_WITHIN: Duration = Duration::from_secs(10);
 
+/// One resource to bring here.
+struct Target<'a> {
+    kind: Kind,
+    id: &'a str,
+    /// How EC2 described it moments ago in this boot (the claim's look), taken as the first
+    /// observation.
+    first: Option<Resource>,
+    /// Notified when this instance sees it arrive (the volume's block device, the ENI in
+    /// IMDS): proof that it is attached here, sooner than Describe* says so.
+    arrived: Option<&'a tokio::sync::Notify>,
+}
+
 /// Brings one resource to "attached here".
 async fn converge(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
-    kind: Kind,
-    resource: &str,
+    target: Target<'_>,
     deadline: Instant,
     dry_run: bool,
 ) -> Result<Attached> {
+    let Target {
+        kind,
+        id: resource,
+        mut first,
+        arrived,
+    } = target;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2), deadline);
     // An attach or detach in flight usually completes within seconds: poll it closely for a
     // while (a few calls a second), then fall back to the ordinary backoff.
@@ -339,7 +361,8 @@ async fn converge(
     let mut accepted: Option<Instant> = None;
     loop {
         let step = async {
-            let (holder, attachment, ips, tags) = observe(clients, me, kind, resource).await?;
+            let (holder, attachment, ips, tags) =
+                observe(clients, me, kind, resource, first.take()).await?;
             let since = match &seen {
                 Some((h, since)) if *h == holder => *since,
                 _ => {
@@ -446,8 +469,26 @@ async fn converge(
         };
         match result {
             Ok(true) => {
-                if !inflight.wait().await && !backoff.wait().await {
-                    bail!("{resource} is not attached here at the boot deadline ({action:?})");
+                let pause = async { inflight.wait().await || backoff.wait().await };
+                let seen_here = async {
+                    match arrived {
+                        Some(n) => n.notified().await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    more = pause => if !more {
+                        bail!("{resource} is not attached here at the boot deadline ({action:?})");
+                    },
+                    () = seen_here => {
+                        tracing::debug!(resource, "arrived here");
+                        return Ok(Attached {
+                            id: resource.to_string(),
+                            how: how.to_string(),
+                            ips,
+                            tags,
+                        });
+                    }
                 }
             }
             Ok(false) => {}
@@ -466,13 +507,56 @@ pub fn claimed(settings: &Settings) -> Result<Claim> {
     crate::journal::read(&settings.paths.state_dir, "claim")
 }
 
+/// Notified when this instance sees its ENI / volume arrive (see [`Target::arrived`]).
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    pub eni: tokio::sync::Notify,
+    pub volume: tokio::sync::Notify,
+}
+
+impl Arrivals {
+    fn of(&self, kind: Kind) -> &tokio::sync::Notify {
+        match kind {
+            Kind::Eni => &self.eni,
+            Kind::Volume => &self.volume,
+        }
+    }
+}
+
+/// What the attach step will attach, as the claim of the same boot found it (ids, an ENI's
+/// addresses, tags), for the steps that wait for the resources to arrive here (mount, route)
+/// to start while the attach is under way. `None` when the claim did not find every wanted
+/// resource (the attach step looks for itself then).
+pub fn expected(settings: &Settings, claim: &Claim) -> Option<Attachment> {
+    let one = |kind: Kind, wanted: bool| -> Option<Option<Attached>> {
+        if !wanted {
+            return Some(None);
+        }
+        let r = claim.resources.of(kind)?;
+        Some(Some(Attached {
+            id: r.id.clone(),
+            how: "attaching".into(),
+            ips: r.ips.clone(),
+            tags: r.tags.clone(),
+        }))
+    };
+    Some(Attachment {
+        broker_id: claim.id,
+        eni: one(Kind::Eni, settings.resources.eni)?,
+        volume: one(Kind::Volume, settings.resources.volume)?,
+        elapsed_ms: 0,
+    })
+}
+
 /// Runs the attach step for the claimed id (`handed` by the claim step of the same boot, else
-/// read from its journal); every wait ends by `deadline`.
+/// read from its journal); every wait ends by `deadline`. `arrivals`, when given, end the wait
+/// for an attach in flight as soon as this instance sees the resource.
 pub async fn run(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
     handed: Option<&Claim>,
+    arrivals: Option<&Arrivals>,
     dry_run: bool,
     deadline: Instant,
 ) -> Result<Attachment> {
@@ -495,12 +579,29 @@ pub async fn run(
         if !wanted {
             return Ok(None);
         }
-        // The claim's eligibility check found it a moment ago in this boot; else look.
-        let resource = match found.of(kind) {
-            Some(r) => r.to_string(),
-            None => retry_transient(deadline, || find_one(settings, clients, me, kind, id)).await?,
+        // The claim's eligibility check described it a moment ago in this boot: that look is
+        // the first observation, unless it says the resource is already here (a rerun), which
+        // is confirmed afresh before anything is skipped. Else find it.
+        let (resource, first) = match found.of(kind) {
+            Some(r) => {
+                let here = r
+                    .attachment
+                    .as_ref()
+                    .is_some_and(|a| a.instance == me.instance_id);
+                (r.id.clone(), (!here).then(|| r.clone()))
+            }
+            None => (
+                retry_transient(deadline, || find_one(settings, clients, me, kind, id)).await?,
+                None,
+            ),
         };
-        converge(settings, clients, me, kind, &resource, deadline, dry_run)
+        let target = Target {
+            kind,
+            id: &resource,
+            first,
+            arrived: arrivals.map(|a| a.of(kind)),
+        };
+        converge(settings, clients, me, target, deadline, dry_run)
             .await
             .map(Some)
     };

@@ -89,10 +89,14 @@ impl BootJournal {
     }
 
     fn step_took<T>(&mut self, step: &str, took: std::time::Duration, result: &Result<T>) {
+        self.step_outcome(step, took, result.is_ok());
+    }
+
+    fn step_outcome(&mut self, step: &str, took: std::time::Duration, ok: bool) {
         self.steps.push(StepRecord {
             step: step.to_string(),
             ms: took.as_millis() as u64,
-            outcome: if result.is_ok() { "ok" } else { "failed" }.into(),
+            outcome: if ok { "ok" } else { "failed" }.into(),
         });
     }
 
@@ -162,6 +166,64 @@ struct Ctx {
     me: crate::aws::imds::Identity,
 }
 
+/// `fut`, unless the attach step fails first: then the step it waits on will not come.
+async fn unless_failed<T>(
+    step: &'static str,
+    fut: impl std::future::Future<Output = Result<T>>,
+    mut attach_failed: tokio::sync::watch::Receiver<bool>,
+) -> Result<T> {
+    tokio::select! {
+        r = fut => r,
+        _ = attach_failed.wait_for(|failed| *failed) => {
+            Err(anyhow::anyhow!("{step} stopped: the attach step failed"))
+        }
+    }
+}
+
+/// One side of a `join!`, with its own duration (the sides end at different times).
+async fn timed_side<T>(
+    fut: impl std::future::Future<Output = Result<T>>,
+) -> (std::time::Duration, Result<T>) {
+    let started = Instant::now();
+    let r = fut.await;
+    (started.elapsed(), r)
+}
+
+/// The mount step, when the volume is the agent's to mount.
+async fn mount_step(
+    settings: &Settings,
+    clients: &Clients,
+    handed: &attach::Attachment,
+    arrived: Option<&tokio::sync::Notify>,
+    at: Instant,
+    deadline: &Deadline,
+) -> Result<Option<serde_json::Value>> {
+    if !settings.resources.volume {
+        return Ok(None);
+    }
+    let step = storage::mount::run_step(settings, clients, Some(handed), arrived, at);
+    Ok(Some(serde_json::to_value(
+        deadline.run("mount", step).await?,
+    )?))
+}
+
+/// The route step, when the ENI is the agent's to route.
+async fn route_step(
+    settings: &Settings,
+    handed: &attach::Attachment,
+    arrived: Option<&tokio::sync::Notify>,
+    at: Instant,
+    deadline: &Deadline,
+) -> Result<Option<serde_json::Value>> {
+    if !settings.resources.eni {
+        return Ok(None);
+    }
+    let step = network::run_step(settings, Some(handed), arrived, at);
+    Ok(Some(serde_json::to_value(
+        deadline.run("route", step).await?,
+    )?))
+}
+
 async fn steps(
     settings: &Settings,
     deadline: &Deadline,
@@ -182,53 +244,77 @@ async fn steps(
     let claim = timed(
         j,
         "claim",
-        deadline.run("claim", claim::run(settings, &clients, &me, at)),
+        deadline.run("claim", claim::hold(settings, &clients, &me, at)),
     )
     .await?;
-    let attach = timed(
-        j,
-        "attach",
-        deadline.run(
-            "attach",
-            attach::run(settings, &clients, &me, Some(&claim), false, at),
-        ),
-    )
-    .await?;
-    // The volume and the ENI are independent: mount and route side by side.
-    // Each side records its own duration (they end at different times).
-    let mount = async {
+    // The instance tag, the attach, the mount and the route go side by side: mount and route
+    // wait for the volume's device and the ENI to arrive here (the proof that they are
+    // attached), and their arrival ends the attach step's wait for EC2 to say so. When the
+    // claim did not find every resource, the attach step looks for them first.
+    let arrivals = attach::Arrivals::default();
+    let (attach_failed, attach_failure) = tokio::sync::watch::channel(false);
+    let early = attach::expected(settings, &claim);
+    let attaching = async {
         let started = Instant::now();
-        let r = if settings.resources.volume {
-            let step = storage::mount::run_step(settings, &clients, Some(&attach), at);
-            deadline
-                .run("mount", step)
-                .await
-                .and_then(|m| Ok(Some(serde_json::to_value(m)?)))
-        } else {
-            Ok(None)
-        };
+        let step = attach::run(
+            settings,
+            &clients,
+            &me,
+            Some(&claim),
+            Some(&arrivals),
+            false,
+            at,
+        );
+        let (r, ()) = tokio::join!(
+            deadline.run("attach", step),
+            claim::tag_instance(settings, &clients, &me, claim.id, at)
+        );
+        if r.is_err() {
+            attach_failed.send_replace(true);
+        }
         (started.elapsed(), r)
     };
-    let route = async {
-        let started = Instant::now();
-        let r = if settings.resources.eni {
-            let step = network::run_step(settings, Some(&attach), at);
-            deadline
-                .run("route", step)
-                .await
-                .and_then(|r| Ok(Some(serde_json::to_value(r)?)))
-        } else {
-            Ok(None)
-        };
-        (started.elapsed(), r)
+    let ((a_took, attach), (m_took, mount), (r_took, route)) = match &early {
+        Some(handed) => {
+            let mount = mount_step(
+                settings,
+                &clients,
+                handed,
+                Some(&arrivals.volume),
+                at,
+                deadline,
+            );
+            let route = route_step(settings, handed, Some(&arrivals.eni), at, deadline);
+            tokio::join!(
+                attaching,
+                timed_side(unless_failed("mount", mount, attach_failure.clone())),
+                timed_side(unless_failed("route", route, attach_failure)),
+            )
+        }
+        None => {
+            let (took, attached) = attaching.await;
+            let handed = match attached {
+                Ok(a) => a,
+                Err(e) => {
+                    j.step_outcome("attach", took, false);
+                    return Err(e);
+                }
+            };
+            let (m, r) = tokio::join!(
+                timed_side(mount_step(settings, &clients, &handed, None, at, deadline)),
+                timed_side(route_step(settings, &handed, None, at, deadline)),
+            );
+            ((took, Ok(handed)), m, r)
+        }
     };
-    let ((m_took, mount), (r_took, route)) = tokio::join!(mount, route);
+    j.step_took("attach", a_took, &attach);
     if settings.resources.volume {
         j.step_took("mount", m_took, &mount);
     }
     if settings.resources.eni {
         j.step_took("route", r_took, &route);
     }
+    let attach = attach?;
     let (mount, route) = (mount?, route?);
     let render = if settings.kafka.is_some() && settings.cluster.role == Role::Kafka {
         let address = match attach.eni.as_ref().and_then(|e| e.ips.first()) {

@@ -118,7 +118,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let (clients, me) = deadline
                 .run("start", Clients::connect(deadline.at()))
                 .await?;
-            let step = attach::run(&settings, &clients, &me, None, dry_run, deadline.at());
+            let step = attach::run(&settings, &clients, &me, None, None, dry_run, deadline.at());
             let done = deadline.run("attach", step).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
@@ -128,7 +128,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             let (clients, _) = deadline
                 .run("start", Clients::connect(deadline.at()))
                 .await?;
-            let step = storage::mount::run_step(&settings, &clients, None, deadline.at());
+            let step = storage::mount::run_step(&settings, &clients, None, None, deadline.at());
             let done = deadline.run("mount", step).await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())
@@ -137,7 +137,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             let (settings, deadline) = load(&cli.config)?;
             aws::region::log_imds_endpoint();
             let done = deadline
-                .run("route", network::run_step(&settings, None, deadline.at()))
+                .run(
+                    "route",
+                    network::run_step(&settings, None, None, deadline.at()),
+                )
                 .await?;
             println!("{}", serde_json::to_string(&done)?);
             Ok(())

@@ -17,15 +17,21 @@ async fn main() {
         1 => "info,kafka_agent=debug",
         _ => "debug,kafka_agent=trace",
     };
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KAFKA_AGENT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .without_time()
-        .init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // journald stamps each line itself; KAFKA_AGENT_LOG_UPTIME=1 stamps the time since the
+    // process started (to read where a boot's time goes).
+    if std::env::var_os("KAFKA_AGENT_LOG_UPTIME").is_some() {
+        log.with_timer(tracing_subscriber::fmt::time::uptime())
+            .init();
+    } else {
+        log.without_time().init();
+    }
     if let Err(err) = cli::run(cli).await {
         let chain: Vec<String> = err.chain().map(ToString::to_string).collect();
         eprintln!(

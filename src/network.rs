@@ -211,6 +211,7 @@ pub async fn apply(facts: &EniFacts, deadline: Instant) -> Result<Routed> {
 pub async fn run_step(
     settings: &Settings,
     handed: Option<&crate::attach::Attachment>,
+    arrived: Option<&tokio::sync::Notify>,
     deadline: Instant,
 ) -> Result<Routed> {
     let (eni, ips) = match handed {
@@ -239,6 +240,10 @@ pub async fn run_step(
     let facts = crate::aws::imds::Imds::new()
         .eni_facts(&eni, &expected, deadline)
         .await?;
+    // IMDS lists it with this instance's device number: it is attached here.
+    if let Some(n) = arrived {
+        n.notify_one();
+    }
     let routed = apply(&facts, deadline).await?;
     crate::journal::record(&settings.paths.state_dir, "network", &routed)?;
     Ok(routed)

@@ -29,12 +29,12 @@ impl ResourceKind {
     }
 }
 
-/// A resource found by its tags.
+/// A resource found by its tags, as EC2 described it then (its holder too: the attach step
+/// of the same boot takes that as its first look instead of asking again).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tagged {
-    pub id: String,
     pub az: String,
-    pub tags: BTreeMap<String, String>,
+    pub resource: Resource,
 }
 
 /// An attachment as EC2 reports it now.
@@ -139,6 +139,50 @@ where
     }
 }
 
+/// An ENI as EC2 described it: its holder, private IPs and tags.
+fn eni_resource(eni: &aws_sdk_ec2::types::NetworkInterface) -> Resource {
+    let attachment = eni.attachment().and_then(|a| {
+        Some(Attachment {
+            instance: a.instance_id()?.to_string(),
+            id: a.attachment_id().map(str::to_string),
+            state: a
+                .status()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+        })
+    });
+    Resource {
+        id: eni.network_interface_id().unwrap_or_default().to_string(),
+        attachment,
+        ips: eni
+            .private_ip_addresses()
+            .iter()
+            .filter_map(|a| a.private_ip_address().map(str::to_string))
+            .collect(),
+        tags: tag_map(eni.tag_set()),
+    }
+}
+
+/// A volume as EC2 described it: its holder and tags.
+fn volume_resource(vol: &aws_sdk_ec2::types::Volume) -> Resource {
+    let attachment = vol.attachments().first().and_then(|a| {
+        Some(Attachment {
+            instance: a.instance_id()?.to_string(),
+            id: None,
+            state: a
+                .state()
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_default(),
+        })
+    });
+    Resource {
+        id: vol.volume_id().unwrap_or_default().to_string(),
+        attachment,
+        ips: Vec::new(),
+        tags: tag_map(vol.tags()),
+    }
+}
+
 impl Ec2 {
     pub fn new(client: aws_sdk_ec2::Client) -> Ec2 {
         Ec2 { client }
@@ -170,9 +214,8 @@ impl Ec2 {
                 while let Some(page) = pages.next().await {
                     let page = page.map_err(|e| aws_error(e, "describing the tagged ENIs"))?;
                     out.extend(page.network_interfaces().iter().map(|e| Tagged {
-                        id: e.network_interface_id().unwrap_or_default().to_string(),
                         az: e.availability_zone().unwrap_or_default().to_string(),
-                        tags: tag_map(e.tag_set()),
+                        resource: eni_resource(e),
                     }));
                 }
             }
@@ -186,9 +229,8 @@ impl Ec2 {
                 while let Some(page) = pages.next().await {
                     let page = page.map_err(|e| aws_error(e, "describing the tagged volumes"))?;
                     out.extend(page.volumes().iter().map(|v| Tagged {
-                        id: v.volume_id().unwrap_or_default().to_string(),
                         az: v.availability_zone().unwrap_or_default().to_string(),
-                        tags: tag_map(v.tags()),
+                        resource: volume_resource(v),
                     }));
                 }
             }
@@ -212,26 +254,7 @@ impl Ec2 {
                     .network_interfaces()
                     .first()
                     .with_context(|| format!("{id} vanished"))?;
-                let attachment = eni.attachment().and_then(|a| {
-                    Some(Attachment {
-                        instance: a.instance_id()?.to_string(),
-                        id: a.attachment_id().map(str::to_string),
-                        state: a
-                            .status()
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_default(),
-                    })
-                });
-                Ok(Resource {
-                    id: id.to_string(),
-                    attachment,
-                    ips: eni
-                        .private_ip_addresses()
-                        .iter()
-                        .filter_map(|a| a.private_ip_address().map(str::to_string))
-                        .collect(),
-                    tags: tag_map(eni.tag_set()),
-                })
+                Ok(eni_resource(eni))
             }
             ResourceKind::Volume => {
                 let out = self
@@ -245,22 +268,7 @@ impl Ec2 {
                     .volumes()
                     .first()
                     .with_context(|| format!("{id} vanished"))?;
-                let attachment = vol.attachments().first().and_then(|a| {
-                    Some(Attachment {
-                        instance: a.instance_id()?.to_string(),
-                        id: None,
-                        state: a
-                            .state()
-                            .map(|s| s.as_str().to_string())
-                            .unwrap_or_default(),
-                    })
-                });
-                Ok(Resource {
-                    id: id.to_string(),
-                    attachment,
-                    ips: Vec::new(),
-                    tags: tag_map(vol.tags()),
-                })
+                Ok(volume_resource(vol))
             }
         }
     }

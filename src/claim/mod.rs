@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aws::Clients;
 pub use crate::aws::ec2::Liveness;
-use crate::aws::ec2::ResourceKind;
+use crate::aws::ec2::{Resource, ResourceKind, Tagged};
 use crate::aws::imds::Identity;
 use crate::aws::{Transient, is_transient, retry_transient};
 use crate::backoff::Backoff;
@@ -281,18 +281,19 @@ pub struct Claim {
     pub resources: Resources,
 }
 
-/// The one ENI and the one volume tagged for an id in this AZ, where exactly one was found.
+/// The one ENI and the one volume tagged for an id in this AZ, where exactly one was found,
+/// as EC2 described them then (holder, addresses, tags).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resources {
-    pub eni: Option<String>,
-    pub volume: Option<String>,
+    pub eni: Option<Resource>,
+    pub volume: Option<Resource>,
 }
 
 impl Resources {
-    pub fn of(&self, kind: ResourceKind) -> Option<&str> {
+    pub fn of(&self, kind: ResourceKind) -> Option<&Resource> {
         match kind {
-            ResourceKind::Eni => self.eni.as_deref(),
-            ResourceKind::Volume => self.volume.as_deref(),
+            ResourceKind::Eni => self.eni.as_ref(),
+            ResourceKind::Volume => self.volume.as_ref(),
         }
     }
 }
@@ -483,7 +484,7 @@ async fn eligibility(
     // id -> kind -> AZs
     let mut found: BTreeMap<u32, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
     // id -> kind -> the resources in this AZ
-    let mut here: BTreeMap<(u32, ResourceKind), Vec<String>> = BTreeMap::new();
+    let mut here: BTreeMap<(u32, ResourceKind), Vec<Resource>> = BTreeMap::new();
     // Both kinds at once: two independent Describe calls.
     let look = |kind: ResourceKind, wanted: bool| {
         let selector = &selector;
@@ -500,18 +501,18 @@ async fn eligibility(
         look(ResourceKind::Volume, res.volume)
     );
     for (kind, found_now) in [(ResourceKind::Eni, enis?), (ResourceKind::Volume, volumes?)] {
-        for r in found_now {
+        for Tagged { az, resource: r } in found_now {
             let id = r.tags.get(&tags.id_key).and_then(|v| tags.parse_id(v));
             if let Some(id) = id {
-                if r.az == me.az {
-                    here.entry((id, kind)).or_default().push(r.id.clone());
-                }
                 found
                     .entry(id)
                     .or_default()
                     .entry(kind.name())
                     .or_default()
-                    .insert(r.az);
+                    .insert(az.clone());
+                if az == me.az {
+                    here.entry((id, kind)).or_default().push(r);
+                }
             }
         }
     }
@@ -631,8 +632,22 @@ fn unreachable(settings: &Settings, last: anyhow::Error) -> anyhow::Error {
     .into()
 }
 
-/// Runs the claim step to completion (or the boot deadline).
+/// Runs the claim step to completion (or the boot deadline), then tags the instance with its
+/// id.
 pub async fn run(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    deadline: Instant,
+) -> Result<Claim> {
+    let claim = hold(settings, clients, me, deadline).await?;
+    tag_instance(settings, clients, me, claim.id, deadline).await;
+    Ok(claim)
+}
+
+/// Claims an id (held in the ledger and journalled) without tagging the instance: `boot` tags
+/// it beside the attach step ([`tag_instance`]).
+pub async fn hold(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
@@ -643,7 +658,7 @@ pub async fn run(
 
 /// What one attempt came to.
 enum Step {
-    Done(Claim),
+    Done(Box<Claim>),
     /// Another contender won the id tried; the observation minus that id.
     Lost(Observation),
     /// A reused observation planned nothing to try: look afresh.
@@ -758,10 +773,10 @@ impl<'a> Claimer<'a> {
         });
         tracing::debug!(plan = %p, "claim plan");
         Ok(match p {
-            Plan::Keep { id, epoch } => Step::Done(self.claim(id, epoch, "kept")),
+            Plan::Keep { id, epoch } => Step::Done(Box::new(self.claim(id, epoch, "kept"))),
             Plan::Create { id } => {
                 if ledger.create(id, &self.record(0)).await? {
-                    Step::Done(self.claim(id, 0, "created"))
+                    Step::Done(Box::new(self.claim(id, 0, "created")))
                 } else {
                     obs.contended.insert(id);
                     Step::Lost(obs)
@@ -771,7 +786,7 @@ impl<'a> Claimer<'a> {
                 let epoch = from.epoch + 1;
                 if ledger.take_over(id, &from, &self.record(epoch)).await? {
                     tracing::info!(id, epoch, reason = %why, "took over a dead owner's id");
-                    Step::Done(self.claim(id, epoch, "took_over"))
+                    Step::Done(Box::new(self.claim(id, epoch, "took_over")))
                 } else {
                     obs.contended.insert(id);
                     Step::Lost(obs)
@@ -788,11 +803,10 @@ impl<'a> Claimer<'a> {
     async fn settle(&mut self, result: Result<Step>) -> Result<Option<Claim>> {
         match result {
             Ok(Step::Done(mut c)) => {
-                tag_instance(self.settings, self.clients, self.me, c.id, self.deadline).await;
                 c.elapsed_ms = self.started.elapsed().as_millis() as u64;
                 journal(self.settings, &c)?;
                 tracing::info!(id = c.id, epoch = c.epoch, how = %c.how, "claimed");
-                Ok(Some(c))
+                Ok(Some(*c))
             }
             Ok(Step::Lost(obs)) => {
                 // Another contender won that id: try another at once, spreading wider.
@@ -879,7 +893,7 @@ impl<'a> Claimer<'a> {
 
 /// Tags the instance with its id and cluster (retrying throttling and 5xx until the deadline):
 /// the tag is how a live holder of an id is recognised when its claim record cannot be read.
-async fn tag_instance(
+pub async fn tag_instance(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,

@@ -261,6 +261,7 @@ pub async fn run_step(
     settings: &Settings,
     clients: &Clients,
     handed: Option<&crate::attach::Attachment>,
+    arrived: Option<&tokio::sync::Notify>,
     deadline: Instant,
 ) -> Result<Mounted> {
     let st = &settings.storage;
@@ -308,6 +309,10 @@ pub async fn run_step(
             root.as_deref(),
         )?;
         if let Some(d) = found.filter(|d| d.path.exists()) {
+            // Its block device is proof that the volume is attached here.
+            if let Some(n) = arrived {
+                n.notify_one();
+            }
             break d;
         }
         if !backoff.wait().await {
@@ -318,6 +323,7 @@ pub async fn run_step(
         }
     };
 
+    tracing::debug!(volume, device = %dev.path.display(), "device present");
     let mut how = "mounted";
     let what = format!("{volume} ({})", dev.path.display());
     let state_dir = &settings.paths.state_dir;
@@ -418,6 +424,10 @@ pub async fn run_step(
             if let Some(err) = refused {
                 return Err(err);
             }
+            tracing::debug!(
+                volume,
+                "identity gate passed read-only; mounting read-write"
+            );
             nix::mount::mount(
                 Some(&dev.path),
                 &st.data_dir,
@@ -434,6 +444,7 @@ pub async fn run_step(
         }
     }
 
+    tracing::debug!(volume, data_dir, "mounted");
     // A volume grown since it was formatted: grow the filesystem (a no-op when it fills the
     // device already).
     let grow = match fs.as_str() {
