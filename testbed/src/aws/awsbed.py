@@ -29,6 +29,7 @@ Transitions are evaluated lazily (every request first applies what is due), unde
 """
 
 import argparse
+import functools
 import io
 import ipaddress
 import json
@@ -52,6 +53,8 @@ from moto.autoscaling.models import (
 )
 from moto.cloudformation.models import cloudformation_backends
 from moto.core import DEFAULT_ACCOUNT_ID
+import moto.backends as moto_backends
+import moto.core.responses as moto_responses
 from moto.ec2.models import ec2_backends
 import moto.ec2.models.elastic_network_interfaces as eni_models
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
@@ -271,6 +274,15 @@ def _free_private_ip(cidr=None, ipv6=False):
 
 NetworkInterface.__init__ = _eni_init
 eni_models.random_private_ip = _free_private_ip
+
+
+# moto's server redoes per request what never changes while it runs: `call_action` lists a
+# response class's methods through inspect.getmembers, and the host dispatcher lists moto's
+# package directory on disk. Profiled with py-spy under `kafka-testbed bench-boot`, these were
+# over a quarter of its time per call; answered once, they change no reply.
+moto_responses.method_names_from_class = functools.cache(moto_responses.method_names_from_class)
+_MOTO_MODULES = tuple(moto_backends.list_of_moto_modules())
+moto_backends.list_of_moto_modules = lambda: _MOTO_MODULES
 
 
 # ---------------------------------------------------------------- request plumbing

@@ -328,6 +328,7 @@ fn boot_once(
             "KAFKA_AGENT_LOG",
             std::env::var("KAFKA_TESTBED_AGENT_LOG").unwrap_or_else(|_| "kafka_agent=debug".into()),
         )
+        .env("KAFKA_AGENT_LOG_UPTIME", "1")
         .stdout(out)
         .stderr(err);
     let start = Instant::now();
