@@ -20,8 +20,9 @@
 //!   is resolved from that resource's own properties: `Ref` of a group is its
 //!   `AutoScalingGroupName`, `GetAtt <ENI>.PrimaryPrivateIpAddress` its `PrivateIpAddress`
 //!   (checked against the created resource afterwards); any other such reference fails;
-//! * `CreationPolicy` is resolved to literals (`Count: !Ref BrokerCount`): the testbed's
-//!   CreateStack (`aws/awsbed.py`) reads `ResourceSignal.Count` and `Timeout` as literals only.
+//! * `CreationPolicy` is resolved to literals (`Count: !Ref BrokerCount`) before moto sees the
+//!   placeholder (the testbed's CreateStack resolves intrinsics there too, through moto's
+//!   `clean_json`; the literal keeps the placeholder self-contained).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

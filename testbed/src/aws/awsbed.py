@@ -52,6 +52,7 @@ from moto.autoscaling.models import (
     autoscaling_backends,
 )
 from moto.cloudformation.models import cloudformation_backends
+from moto.cloudformation.parsing import clean_json
 from moto.core import DEFAULT_ACCOUNT_ID
 import moto.backends as moto_backends
 import moto.core.responses as moto_responses
@@ -1552,6 +1553,9 @@ def create_stack(call):
         for lid, res in (stack.template_dict.get("Resources") or {}).items():
             signal = ((res or {}).get("CreationPolicy") or {}).get("ResourceSignal")
             if signal is not None:
+                # Count and Timeout may be intrinsics (`Count: !Ref BrokerCount`): resolved
+                # against the stack's parameters and resources, as CloudFormation does.
+                signal = clean_json(signal, stack.resource_map)
                 waits[lid] = {
                     "count": int(signal.get("Count", 1)),
                     "success": 0,
