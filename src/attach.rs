@@ -165,6 +165,10 @@ pub struct Attached {
     /// ENI: its private IPs.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ips: Vec<String>,
+    /// ENI: its MAC address, when the claim's look handed it over (IMDS is then asked for
+    /// that one interface only).
+    #[serde(skip)]
+    pub mac: Option<String>,
     /// Its tags as EC2 last described them, handed to the mount step of the same boot (a
     /// volume's state tag) so that it does not ask again.
     #[serde(skip)]
@@ -412,6 +416,7 @@ async fn converge(
                 id: resource.to_string(),
                 how: said,
                 ips,
+                mac: None,
                 tags,
             });
         }
@@ -421,6 +426,7 @@ async fn converge(
                     id: resource.to_string(),
                     how: how.to_string(),
                     ips,
+                    mac: None,
                     tags,
                 });
             }
@@ -486,6 +492,7 @@ async fn converge(
                             id: resource.to_string(),
                             how: how.to_string(),
                             ips,
+                            mac: None,
                             tags,
                         });
                     }
@@ -537,6 +544,7 @@ pub fn expected(settings: &Settings, claim: &Claim) -> Option<Attachment> {
             id: r.id.clone(),
             how: "attaching".into(),
             ips: r.ips.clone(),
+            mac: r.mac.clone(),
             tags: r.tags.clone(),
         }))
     };

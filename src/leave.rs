@@ -732,6 +732,7 @@ mod tests {
                 state: state.into(),
             }),
             ips: vec![],
+            mac: None,
             tags: Default::default(),
         };
         assert_eq!(

@@ -214,10 +214,10 @@ pub async fn run_step(
     arrived: Option<&tokio::sync::Notify>,
     deadline: Instant,
 ) -> Result<Routed> {
-    let (eni, ips) = match handed {
+    let (eni, ips, mac) = match handed {
         Some(a) => {
             let e = a.eni.as_ref().context("the attach step attached no ENI")?;
-            (e.id.clone(), e.ips.clone())
+            (e.id.clone(), e.ips.clone(), e.mac.clone())
         }
         None => {
             let attached: serde_json::Value =
@@ -232,13 +232,13 @@ pub async fn run_step(
                 .flatten()
                 .filter_map(|ip| Some(ip.as_str()?.to_string()))
                 .collect();
-            (eni, ips)
+            (eni, ips, None)
         }
     };
     // The addresses EC2 reported at attach: IMDS must list them before they are routed.
     let expected: Vec<Ipv4Addr> = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
     let facts = crate::aws::imds::Imds::new()
-        .eni_facts(&eni, &expected, deadline)
+        .eni_facts(&eni, mac.as_deref(), &expected, deadline)
         .await?;
     // IMDS lists it with this instance's device number: it is attached here.
     if let Some(n) = arrived {

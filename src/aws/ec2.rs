@@ -54,6 +54,8 @@ pub struct Resource {
     pub attachment: Option<Attachment>,
     /// An ENI's private IPs (empty for a volume).
     pub ips: Vec<String>,
+    /// An ENI's MAC address (how IMDS names it).
+    pub mac: Option<String>,
     pub tags: BTreeMap<String, String>,
 }
 
@@ -159,6 +161,7 @@ fn eni_resource(eni: &aws_sdk_ec2::types::NetworkInterface) -> Resource {
             .iter()
             .filter_map(|a| a.private_ip_address().map(str::to_string))
             .collect(),
+        mac: eni.mac_address().map(str::to_string),
         tags: tag_map(eni.tag_set()),
     }
 }
@@ -179,6 +182,7 @@ fn volume_resource(vol: &aws_sdk_ec2::types::Volume) -> Resource {
         id: vol.volume_id().unwrap_or_default().to_string(),
         attachment,
         ips: Vec::new(),
+        mac: None,
         tags: tag_map(vol.tags()),
     }
 }
