@@ -27,6 +27,7 @@ pub mod imds;
 pub mod java;
 pub mod netns;
 pub mod process;
+pub mod release;
 pub mod stack;
 pub mod standin;
 pub mod vpc;

@@ -89,6 +89,9 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         samples: usize,
     },
+    /// Check a release binary (scripts/release): static, stripped, at most 25 MB, runs in an
+    /// empty root and resolves its AWS endpoint through DNS there; prints size and start-up time.
+    CheckRelease { binary: std::path::PathBuf },
     /// Exit non-zero if any testbed left namespaces, loop devices, mounts or processes.
     Check,
     /// Remove everything testbeds left behind (of dead owners; --all: of every testbed).
@@ -136,6 +139,9 @@ fn main() -> ExitCode {
         } => bench::attach(agent, delay, samples),
         Cmd::BenchBoot { agent, samples } => bench::boot(agent, samples),
         Cmd::BenchHeal { backend, samples } => heal::run(&backend, samples),
+        Cmd::CheckRelease { binary } => {
+            testbed::release::check(&binary).map(|r| testbed::release::print(&binary, &r))
+        }
         Cmd::Check => {
             let left = cleanup::leftovers(&testbed::root());
             if left.is_empty() {
