@@ -71,7 +71,7 @@ variable "encrypt_boot" {
 
 variable "agent_binary" {
   type        = string
-  default     = "/var/tmp/kafka-agent-target/x86_64-unknown-linux-gnu/release/kafka-agent"
+  default     = "/var/tmp/kafka-agent-static-target/x86_64-unknown-linux-gnu/release/kafka-agent"
   description = "The static kafka-agent binary (scripts/release prints its path); installed as /usr/local/bin/kafka-agent."
 }
 
