@@ -14,11 +14,13 @@
 //!   boot, never within `grace_period_seconds` after it, never while ZooKeeper is unreachable
 //!   (a failure streak does not count that time), only after `unhealthy_after` of continuous
 //!   failure, and only while no other replacement is in flight in the cluster.
-//! * The lease ([`lease_state`], pure; the znode in [`crate::claim::zookeeper`]): one per
-//!   cluster, `<claim.path's parent>/replacing`, `{instance, id, since}`, taken before
-//!   SetInstanceHealth; released when the holder's id is claimed by another instance and
-//!   registered again, or after `lease_bound_seconds`; given back by a holder whose broker
-//!   recovered or whose mark failed.
+//! * The lease ([`lease_state`], pure): one per cluster, in the claim ledger, `{instance, id,
+//!   since}`, taken before SetInstanceHealth; released when the holder's id is claimed by
+//!   another instance and registered again, or after `lease_bound_seconds`; given back by a
+//!   holder whose broker recovered or whose mark failed. ZooKeeper backend: the znode
+//!   `<claim.path's parent>/replacing` ([`crate::claim::zookeeper`]); CloudWatch Logs backend:
+//!   the highest-numbered stream `replacing-<seq>` of the claim log group, a new stream per
+//!   take or give-back ([`crate::claim::cloudwatch`]).
 //! * What it says: every change of decision is logged at info with structured fields, and
 //!   every check is journalled as `watch.json` for `status`.
 //! * Leaving: every `lifecycle_poll_seconds` it reads IMDS's target lifecycle state; once the
@@ -80,7 +82,7 @@ pub enum LeaseState {
         id: u32,
         age_seconds: Option<u64>,
     },
-    /// Not known (not read: ZooKeeper unreachable; or no lease on this backend).
+    /// Not known (not read: ZooKeeper or CloudWatch Logs unreachable, no claim yet, leaving).
     Unknown { why: String },
 }
 
@@ -123,7 +125,7 @@ pub enum HoldBack {
     CoordinationUnreachable { why: String },
     /// Another node's replacement is in flight.
     ReplacementInFlight { holder: String, id: u32 },
-    /// No lease can be taken (the backend has none, or it could not be read).
+    /// No lease can be taken: it could not be read (its ledger did not answer).
     NoLease { why: String },
     /// The group is terminating this instance (IMDS's target lifecycle state is
     /// `Terminated`): the broker is stopped on purpose, and nothing is marked.
@@ -304,6 +306,14 @@ fn hold(why: HoldBack, failing: Option<String>) -> Decision {
 pub struct Lease {
     pub instance: String,
     pub id: u32,
+    pub since: u64,
+}
+
+/// The record a holder gives a CloudWatch Logs lease back with (the next lease stream's first
+/// event): no replacement is in flight from then on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GivenBack {
+    pub given_back_by: String,
     pub since: u64,
 }
 
@@ -609,6 +619,111 @@ async fn read_lease(
     Ok((lease_state(Some(&seen), &me, bound), Some(node.version)))
 }
 
+/// How long one CloudWatch Logs read or write of the lease may take.
+const CWL_CALL: Duration = Duration::from_secs(20);
+
+/// Reads the CloudWatch Logs lease and judges it; its sequence number comes along for a take.
+/// `registrations`: the held id's registration may be read in ZooKeeper (Kafka in ZooKeeper
+/// mode, the ensemble answering).
+async fn read_cwl_lease(
+    settings: &Settings,
+    zk: &mut Zk,
+    acting: &mut Acting,
+    me: &Me,
+    registrations: bool,
+) -> Result<(LeaseState, Option<i32>), String> {
+    let ledger = acting
+        .ledger(settings)
+        .await
+        .map_err(|e| format!("{e:#}"))?;
+    let top = tokio::time::timeout(CWL_CALL, ledger.read_lease())
+        .await
+        .map_err(|_| "reading the replacement lease: CloudWatch Logs did not answer".to_string())?
+        .map_err(|e| format!("reading the replacement lease: {e:#}"))?;
+    let Some(top) = top else {
+        return Ok((LeaseState::Free, None));
+    };
+    let version = i32::try_from(top.seq).ok();
+    let data = top.data.as_deref();
+    if data.is_some_and(|d| serde_json::from_str::<GivenBack>(d).is_ok()) {
+        return Ok((LeaseState::Free, version));
+    }
+    let lease: Option<Lease> = data.and_then(|d| serde_json::from_str(d).ok());
+    if lease.as_ref().is_some_and(|l| l.instance == me.instance_id) {
+        return Ok((LeaseState::Ours, version));
+    }
+    let (id_owner, id_registered) = match &lease {
+        Some(l) => {
+            let id = l.id;
+            let slots = tokio::time::timeout(CWL_CALL, ledger.slots(&|i| i == id))
+                .await
+                .map_err(|_| "reading the claims: CloudWatch Logs did not answer".to_string())?
+                .map_err(|e| format!("reading the claims: {e:#}"))?;
+            let owner = slots
+                .get(&id)
+                .and_then(|s| s.record.as_ref())
+                .map(|r| r.owner.clone());
+            // Registered *again*: made after the lease stream was (the ensemble's clock
+            // against the service's; a skew between them only delays the release, unless it
+            // is larger than the wedged broker's registration is old).
+            let registered = registrations
+                && zk
+                    .call(settings, |c| registration_with_ctime(c, id))
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|(_, ctime)| top.created_ms.is_some_and(|made| ctime > made));
+            (owner, registered)
+        }
+        None => (None, false),
+    };
+    let seen = LeaseSeen {
+        lease,
+        age: top.age,
+        id_owner,
+        id_registered,
+    };
+    Ok((
+        lease_state(Some(&seen), &me.instance_id, settings.watch.lease_bound),
+        version,
+    ))
+}
+
+/// Gives the lease taken at `version` back (the broker recovered, or the mark failed).
+async fn give_back(
+    settings: &Settings,
+    zk: &mut Zk,
+    acting: &mut Acting,
+    me: &Me,
+    version: i32,
+) -> Result<bool, String> {
+    match settings.claim.backend {
+        Backend::Zookeeper => {
+            let path = settings.claim.path.clone();
+            zk.call(settings, |c| async move {
+                crate::claim::zookeeper::release_lease(&c, &path, version).await
+            })
+            .await
+        }
+        Backend::CloudwatchLogs => {
+            let marker = serde_json::to_string(&GivenBack {
+                given_back_by: me.instance_id.clone(),
+                since: now_unix(),
+            })
+            .map_err(|e| e.to_string())?;
+            let ledger = acting
+                .ledger(settings)
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            let seq = u64::try_from(version).map_err(|e| e.to_string())?;
+            tokio::time::timeout(CWL_CALL, ledger.release_lease(seq, &marker))
+                .await
+                .map_err(|_| "CloudWatch Logs did not answer".to_string())?
+                .map_err(|e| format!("{e:#}"))
+        }
+    }
+}
+
 /// What the loop knows of this node (from the journal, read again until there).
 struct Me {
     instance_id: String,
@@ -630,6 +745,7 @@ async fn me(settings: &Settings) -> Result<Me> {
 async fn check(
     settings: &Settings,
     zk: &mut Zk,
+    acting: &mut Acting,
     me: &Me,
     started: Instant,
 ) -> (Observation, Option<i32>) {
@@ -670,12 +786,13 @@ async fn check(
         }
     }
     let (lease, version) = match settings.claim.backend {
-        Backend::CloudwatchLogs => (
-            LeaseState::Unknown {
-                why: "the cloudwatch-logs claim backend has no replacement lease yet".into(),
-            },
-            None,
-        ),
+        Backend::CloudwatchLogs => {
+            let registrations = zk_mode && coordination.is_ok();
+            match read_cwl_lease(settings, zk, acting, me, registrations).await {
+                Ok(v) => v,
+                Err(why) => (LeaseState::Unknown { why }, None),
+            }
+        }
         Backend::Zookeeper if coordination.is_err() => (
             LeaseState::Unknown {
                 why: "ZooKeeper is unreachable".into(),
@@ -716,9 +833,43 @@ struct Acting {
     /// This instance's id, as IMDS told it when the clients were made.
     identity: Option<String>,
     marked_at: Option<(Instant, u64)>,
+    /// The CloudWatch Logs claim ledger, for the lease on that backend.
+    ledger: Option<crate::claim::cloudwatch::CwlLedger>,
 }
 
-/// Takes the lease (unless ours) and marks the instance Unhealthy. Returns whether marked.
+impl Acting {
+    async fn clients(&mut self) -> Result<&crate::aws::Clients> {
+        if self.clients.is_none() {
+            let (clients, me) =
+                crate::aws::Clients::connect(Instant::now() + Duration::from_secs(30))
+                    .await
+                    .context("connecting to AWS")?;
+            self.clients = Some(clients);
+            self.identity = Some(me.instance_id);
+        }
+        Ok(self.clients.as_ref().expect("connected above"))
+    }
+
+    async fn ledger(
+        &mut self,
+        settings: &Settings,
+    ) -> Result<&crate::claim::cloudwatch::CwlLedger> {
+        if self.ledger.is_none() {
+            let clients = self.clients().await?.clone();
+            let opening = crate::claim::cloudwatch::CwlLedger::open(settings, &clients);
+            let ledger = tokio::time::timeout(CWL_CALL, opening)
+                .await
+                .map_err(|_| anyhow::anyhow!("CloudWatch Logs did not answer"))?
+                .with_context(|| {
+                    format!("opening the claim log group {}", settings.claim.log_group)
+                })?;
+            self.ledger = Some(ledger);
+        }
+        Ok(self.ledger.as_ref().expect("opened above"))
+    }
+}
+
+/// Takes the lease (unless ours) and marks the instance Unhealthy.
 async fn mark(
     settings: &Settings,
     zk: &mut Zk,
@@ -728,42 +879,69 @@ async fn mark(
     acting: &mut Acting,
 ) -> Result<()> {
     use crate::claim::zookeeper as zkl;
-    let protected = settings
-        .zookeeper
-        .as_ref()
-        .is_some_and(|z| z.digest.is_some());
-    let record = serde_json::to_vec(&Lease {
+    let record = Lease {
         instance: me.instance_id.clone(),
         id: me.id,
         since: now_unix(),
-    })?;
+    };
     let taken_version = match lease {
         LeaseState::Ours => version,
         LeaseState::Free | LeaseState::Released { .. } => {
-            let (path, data) = (settings.claim.path.clone(), record.clone());
-            let took = zk
-                .call(settings, |c| async move {
-                    zkl::take_lease(&c, &path, protected, version, &data).await
-                })
-                .await
-                .map_err(|e| anyhow::anyhow!("taking the replacement lease: {e}"))?;
-            if !took {
+            let (took, name) = match settings.claim.backend {
+                Backend::Zookeeper => {
+                    let protected = settings
+                        .zookeeper
+                        .as_ref()
+                        .is_some_and(|z| z.digest.is_some());
+                    let (path, data) = (settings.claim.path.clone(), serde_json::to_vec(&record)?);
+                    let took = zk
+                        .call(settings, |c| async move {
+                            zkl::take_lease(&c, &path, protected, version, &data).await
+                        })
+                        .await
+                        .map_err(|e| anyhow::anyhow!("taking the replacement lease: {e}"))?;
+                    // Created: version 0; replaced: one more than read.
+                    (
+                        took.then(|| version.map_or(0, |v| v + 1)),
+                        zkl::lease_path(&settings.claim.path),
+                    )
+                }
+                Backend::CloudwatchLogs => {
+                    let data = serde_json::to_string(&record)?;
+                    let ledger = acting.ledger(settings).await?;
+                    let read = version.and_then(|v| u64::try_from(v).ok());
+                    let took = tokio::time::timeout(CWL_CALL, ledger.take_lease(read, &data))
+                        .await
+                        .map_err(|_| {
+                            anyhow::anyhow!(
+                                "taking the replacement lease: CloudWatch Logs did not answer"
+                            )
+                        })?
+                        .context("taking the replacement lease")?;
+                    let seq = read.map_or(0, |s| s + 1);
+                    (
+                        took.and_then(|s| i32::try_from(s).ok()),
+                        format!(
+                            "{}/{}",
+                            settings.claim.log_group,
+                            crate::claim::cloudwatch::lease_stream(seq)
+                        ),
+                    )
+                }
+            };
+            let Some(taken) = took else {
                 bail!("another watchdog took the replacement lease first");
-            }
-            tracing::info!(broker_id = me.id, instance = %me.instance_id, lease = %zkl::lease_path(&settings.claim.path), "took the replacement lease");
-            // Created: version 0; replaced: one more than read.
-            Some(version.map_or(0, |v| v + 1))
+            };
+            tracing::info!(broker_id = me.id, instance = %me.instance_id, lease = %name, "took the replacement lease");
+            Some(taken)
         }
         _ => bail!("no replacement lease to take"),
     };
-    if acting.clients.is_none() {
-        let (clients, me) = crate::aws::Clients::connect(Instant::now() + Duration::from_secs(30))
-            .await
-            .context("connecting to AWS to mark this instance Unhealthy")?;
-        acting.clients = Some(clients);
-        acting.identity = Some(me.instance_id);
-    }
-    let clients = acting.clients.as_ref().expect("connected above");
+    let clients = acting
+        .clients()
+        .await
+        .context("connecting to AWS to mark this instance Unhealthy")?
+        .clone();
     let deadline = Instant::now() + Duration::from_secs(30);
     let marked = crate::aws::retry_transient(deadline, || {
         crate::aws::asg::set_unhealthy(&clients.autoscaling, &me.instance_id, true)
@@ -773,12 +951,7 @@ async fn mark(
         // Give the lease back, so that another replacement is not held up by one that never
         // began.
         if let Some(v) = taken_version {
-            let path = settings.claim.path.clone();
-            let _ = zk
-                .call(settings, |c| async move {
-                    zkl::release_lease(&c, &path, v).await
-                })
-                .await;
+            let _ = give_back(settings, zk, acting, me, v).await;
         }
         return Err(e);
     }
@@ -816,6 +989,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
         clients: None,
         identity: None,
         marked_at: None,
+        ledger: None,
     };
     let mut last: Option<String> = None;
     let mut tick = tokio::time::interval(w.interval);
@@ -875,7 +1049,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
                 },
                 None,
             ),
-            Some(m) => check(settings, &mut zk, m, started).await,
+            Some(m) => check(settings, &mut zk, &mut acting, m, started).await,
             None => (
                 Observation {
                     at: started.elapsed(),
@@ -928,12 +1102,7 @@ pub async fn run(settings: &Settings) -> Result<()> {
                 }
                 Decision::Healthy if obs.lease == LeaseState::Ours => {
                     if let Some(v) = version {
-                        let path = settings.claim.path.clone();
-                        let given = zk
-                            .call(settings, |c| async move {
-                                crate::claim::zookeeper::release_lease(&c, &path, v).await
-                            })
-                            .await;
+                        let given = give_back(settings, &mut zk, &mut acting, m, v).await;
                         tracing::info!(broker_id = m.id, released = ?given, "the broker recovered: gave the replacement lease back");
                     }
                     acting.marked_at = None;
@@ -1470,6 +1639,24 @@ mod tests {
             lease_state(Some(&old_garbage), "i-me", bound),
             LeaseState::Released { .. }
         ));
+    }
+
+    #[test]
+    fn a_given_back_lease_is_no_lease_and_a_lease_no_give_back() {
+        let lease = serde_json::to_string(&Lease {
+            instance: "i-a".into(),
+            id: 2,
+            since: 1,
+        })
+        .unwrap();
+        let back = serde_json::to_string(&GivenBack {
+            given_back_by: "i-a".into(),
+            since: 2,
+        })
+        .unwrap();
+        assert!(serde_json::from_str::<GivenBack>(&lease).is_err());
+        assert!(serde_json::from_str::<Lease>(&back).is_err());
+        assert!(serde_json::from_str::<Lease>(&lease).is_ok());
     }
 
     #[test]

@@ -2,6 +2,9 @@
 //! cluster's log group. CreateLogStream is atomic (a second create of the same name fails), so
 //! a first claim creates epoch 0 and a takeover creates the next epoch: of two contenders
 //! exactly one creates it. The highest epoch owns the id; its first event records the owner.
+//!
+//! The watchdog's replacement lease lives in the same group, made the same way: the stream
+//! `replacing-<seq>` (see [`CwlLedger::read_lease`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime};
@@ -318,6 +321,124 @@ impl CwlLedger {
     }
 }
 
+// --- the replacement lease (kafka-agent watch) --------------------------------------------
+//
+// The ZooKeeper lease's twin (`<claims parent>/replacing`), in the claim log group: every take
+// of the lease is a new stream `replacing-<seq>` whose first event is the JSON lease
+// (`crate::watch::Lease`), and the stream with the highest sequence number is the lease now.
+// A take creates the next number after the one read (CreateLogStream is atomic: of two
+// watchdogs exactly one creates it), as a claim's takeover creates the next epoch; the number
+// read is the fencing token. A holder gives the lease back (its broker recovered, its mark
+// failed) by creating the next number with a release marker as its first event. Nothing is
+// deleted: a stream per replacement, a few a year. Whether a lease still holds is judged by
+// `crate::watch::lease_state` (pure), with its age on the service's clock.
+
+/// The lease streams' prefix.
+pub const LEASE_PREFIX: &str = "replacing-";
+
+pub fn lease_stream(seq: u64) -> String {
+    format!("{LEASE_PREFIX}{seq:06}")
+}
+
+/// Parses `replacing-<seq>`.
+pub fn parse_lease_stream(name: &str) -> Option<u64> {
+    name.strip_prefix(LEASE_PREFIX)?.parse().ok()
+}
+
+/// The lease stream with the highest sequence number, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseStream {
+    /// Its sequence number: the fencing token of the next take.
+    pub seq: u64,
+    /// Its first event's message; None while it has none (a take in progress, or one whose
+    /// writer died before it wrote).
+    pub data: Option<String>,
+    /// Its creation time, milliseconds since the Unix epoch on the service's clock.
+    pub created_ms: Option<i64>,
+    /// Its age on the service's clock, when known.
+    pub age: Option<Duration>,
+}
+
+impl CwlLedger {
+    /// The lease now: the highest-numbered lease stream; None when no lease was ever taken.
+    pub async fn read_lease(&self) -> Result<Option<LeaseStream>> {
+        let top = self
+            .logs
+            .streams(&self.group, LEASE_PREFIX)
+            .await?
+            .into_iter()
+            .filter_map(|s| Some((parse_lease_stream(&s.name)?, s)))
+            .max_by_key(|(seq, _)| *seq);
+        let Some((seq, stream)) = top else {
+            return Ok(None);
+        };
+        let age = match (stream.created_ms, self.logs.clock().now_ms()) {
+            (Some(c), Some(now)) => {
+                Some(Duration::from_millis(now.saturating_sub(c).max(0) as u64))
+            }
+            _ => None,
+        };
+        let data = self.logs.first_message(&self.group, &stream.name).await?;
+        Ok(Some(LeaseStream {
+            seq,
+            data,
+            created_ms: stream.created_ms,
+            age,
+        }))
+    }
+
+    /// Takes the lease after the one read at `read` (None: none was ever taken) by creating
+    /// the next lease stream and writing `data` as its first event: the taken stream's
+    /// sequence number, or None when another watchdog created it first.
+    pub async fn take_lease(&self, read: Option<u64>, data: &str) -> Result<Option<u64>> {
+        let seq = read.map_or(0, |s| s + 1);
+        let name = lease_stream(seq);
+        match self.logs.create_stream(&self.group, &name).await? {
+            Created::Made => {}
+            Created::Existed { maybe_applied } => {
+                // Ours only if an attempt of ours may have made it and nobody wrote in it, or
+                // our own data is already there.
+                match self.logs.first_message(&self.group, &name).await? {
+                    Some(m) if m == data => return Ok(Some(seq)),
+                    None if maybe_applied => {}
+                    _ => return Ok(None),
+                }
+            }
+        }
+        self.record_owner_message(&name, data).await?;
+        Ok(Some(seq))
+    }
+
+    /// Gives back the lease taken at `seq`: creates the next lease stream with `marker` (a
+    /// release record) as its first event. False when the lease moved on meanwhile.
+    pub async fn release_lease(&self, seq: u64, marker: &str) -> Result<bool> {
+        Ok(self.take_lease(Some(seq), marker).await?.is_some())
+    }
+
+    /// Puts `message` as a stream's event, stamped with the service's time, until accepted.
+    async fn record_owner_message(&self, name: &str, message: &str) -> Result<()> {
+        let mut backoff = crate::backoff::Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            Instant::now() + Duration::from_secs(10),
+        );
+        loop {
+            let timestamp = self.logs.clock().now_ms().unwrap_or_else(now_ms);
+            let err = match self.logs.put(&self.group, name, timestamp, message).await {
+                Ok(None) => return Ok(()),
+                Ok(Some(rejected)) => Transient(anyhow::anyhow!(
+                    "writing the lease in stream {name}: {rejected}"
+                ))
+                .into(),
+                Err(e) => e,
+            };
+            if !backoff.wait().await {
+                return Err(err);
+            }
+        }
+    }
+}
+
 /// How long past the abandonment window a slow writer waits for a taker's stream to show.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -331,5 +452,10 @@ mod tests {
         assert_eq!(parse_stream("id-3.epoch-000012"), Some((3, 12)));
         assert_eq!(parse_stream("id-x.epoch-1"), None);
         assert_eq!(parse_stream("other"), None);
+        assert_eq!(lease_stream(7), "replacing-000007");
+        assert_eq!(parse_lease_stream("replacing-000007"), Some(7));
+        assert_eq!(parse_lease_stream("id-3.epoch-000012"), None);
+        // Claim streams and lease streams never share a prefix.
+        assert!(!lease_stream(0).starts_with("id-"));
     }
 }
