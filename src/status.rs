@@ -4,8 +4,10 @@
 //! `network.json`, `render.json`) says what was done; live checks, all local and bounded
 //! (netlink, `/proc/self/mountinfo`, statvfs, the rendered file), say whether it still holds:
 //! the ENI's addresses are on an interface here, its policy rules and routes exist, the volume
-//! is mounted from its device, the rendered file is the agent's and unchanged. Nothing asks
-//! AWS, IMDS or ZooKeeper, so status answers without credentials or network.
+//! is mounted from its device, the rendered file is the agent's and unchanged. What the
+//! watchdog (`kafka-agent watch`) saw at its last check and why it acts or holds back comes
+//! from its own journal, `watch.json`, and a clean leave in progress from `leave.json`.
+//! Nothing asks AWS, IMDS or ZooKeeper, so status answers without credentials or network.
 //!
 //! [`collect`] observes, [`assess`] (pure) turns sections and the last boot into one health
 //! with its exit code (0 healthy, 1 degraded, 2 failed, 3 unknown), [`human`] and `--json`
@@ -207,6 +209,58 @@ pub struct LastBoot {
     pub error: Option<BootError>,
 }
 
+/// What the watchdog saw at its last check (`watch.json`) and the leave (`leave.json`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WatchStatus {
+    /// ok: watching, the broker serves (or is let be: no boot yet, within the grace period);
+    /// degraded: the broker fails its checks, the watchdog marked this instance Unhealthy, holds
+    /// back for a cause to look at (the coordination service unreachable, another replacement in
+    /// flight, no lease), or the group is terminating this instance; unknown: the journal is
+    /// stale (no check for three intervals and a minute) or unreadable; not_configured: no
+    /// watchdog ran on this host.
+    pub state: Option<State>,
+    pub checked_unix: Option<u64>,
+    pub checked_seconds_ago: Option<u64>,
+    /// healthy | failing | hold_back | mark_unhealthy
+    pub decision: Option<String>,
+    /// Why it holds back: not_booted | within_grace | coordination_unreachable |
+    /// replacement_in_flight | no_lease | leaving.
+    pub reason: Option<String>,
+    /// One sentence: what it sees and why it acts or holds back.
+    pub summary: Option<String>,
+    /// What of the broker fails, when something does.
+    pub failing: Option<String>,
+    pub failing_since_unix: Option<u64>,
+    pub marked_unhealthy_unix: Option<u64>,
+    /// The coordination service (ZooKeeper) answered at the last check.
+    pub coordination_reachable: Option<bool>,
+    /// The replacement lease as judged: free | ours | released | in_flight | unknown.
+    pub lease: Option<String>,
+    /// The instance holding it, when another replacement is in flight or was.
+    pub lease_holder: Option<String>,
+    /// The clean leave (`leave.json`), once the group began terminating this instance.
+    pub leave: Option<LeaveStatus>,
+}
+
+/// `leave.json`, in short.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveStatus {
+    pub noticed_unix: u64,
+    /// The lifecycle action's completion (CONTINUE, no_active_action), or None: not yet.
+    pub completed: Option<String>,
+    pub heartbeats: u32,
+    pub steps: Vec<LeaveStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaveStep {
+    /// notice | stop | unmount | volume | eni | complete
+    pub step: String,
+    /// ok | already | kept | failed | skipped
+    pub outcome: String,
+    pub detail: Option<String>,
+}
+
 /// What `status` answers (`--json` prints it as it is).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -223,6 +277,9 @@ pub struct Report {
     pub config: ConfigStatus,
     pub service: ServiceStatus,
     pub last_boot: Option<LastBoot>,
+    /// Added in version 1 without a bump: absent from older agents' reports.
+    #[serde(default)]
+    pub watch: WatchStatus,
 }
 
 /// The journal as read: each file parsed, or the reason it could not be.
@@ -234,6 +291,8 @@ struct Journals {
     storage: Option<serde_json::Value>,
     network: Option<serde_json::Value>,
     render: Option<serde_json::Value>,
+    watch: Option<serde_json::Value>,
+    leave: Option<crate::leave::Journal>,
     unreadable: Vec<String>,
 }
 
@@ -261,6 +320,8 @@ impl Journals {
             storage: read_journal(dir, "storage", &mut u),
             network: read_journal(dir, "network", &mut u),
             render: read_journal(dir, "render", &mut u),
+            watch: read_journal(dir, "watch", &mut u),
+            leave: read_journal(dir, "leave", &mut u),
             unreadable: u,
         }
     }
@@ -276,6 +337,14 @@ impl Journals {
 /// Unknown: the journal is unreadable or the node never booted. Failed: the last boot failed
 /// or a live check fails. Degraded: a boot is running (or died running), or a check is
 /// degraded or could not be made. Healthy otherwise.
+///
+/// The watchdog's view ([`watch_status`]) is degraded, never failed: a broker failing its
+/// checks, an instance the watchdog marked Unhealthy, a watchdog holding back for a cause to
+/// look at (the coordination service unreachable, another replacement in flight), a clean
+/// leave in progress, or a watchdog journal gone stale all exit 1. Failed (2) stays what a
+/// human must repair on this node (a failed boot, a lost mount or route); a marked or leaving
+/// instance is being replaced by its group, and an operator wants to see it, not be paged for
+/// it twice.
 pub fn assess(never_booted: bool, last_boot: Option<&LastBoot>, problems: &[Problem]) -> Health {
     if never_booted || problems.iter().any(|p| p.check == "journal") {
         return Health::Unknown;
@@ -377,6 +446,13 @@ pub async fn collect(settings: &Settings) -> Report {
     let volume = volume_status(settings, &j, never, &mut problem);
     let config = config_status(settings, &j, &mut problem);
     let service = service_status(settings);
+    let watch = watch_status(
+        j.watch.as_ref(),
+        j.leave.as_ref(),
+        j.claim.as_ref().map(|c| c.instance_id.as_str()),
+        now_unix(),
+        &mut problem,
+    );
 
     let health = assess(never, j.boot.as_ref(), &problems);
     Report {
@@ -393,7 +469,183 @@ pub async fn collect(settings: &Settings) -> Report {
         config,
         service,
         last_boot: j.boot,
+        watch,
     }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A watchdog journal older than this many of its intervals (plus a minute) is stale.
+const WATCH_STALE_INTERVALS: u64 = 3;
+
+/// The watchdog's view from its journal (`watch.json`, as [`crate::watch::Journal`] writes
+/// it) and the leave's (`leave.json`, only this instance's). Pure.
+pub fn watch_status(
+    watch: Option<&serde_json::Value>,
+    leave: Option<&crate::leave::Journal>,
+    instance_id: Option<&str>,
+    now: u64,
+    problem: &mut impl FnMut(&str, State, String),
+) -> WatchStatus {
+    let leave = leave
+        .filter(|l| instance_id.is_none_or(|i| i == l.instance_id))
+        .map(|l| LeaveStatus {
+            noticed_unix: l.noticed_unix_ms / 1000,
+            completed: l.completed.clone(),
+            heartbeats: l.heartbeats,
+            steps: l
+                .steps
+                .iter()
+                .map(|s| LeaveStep {
+                    step: s.step.clone(),
+                    outcome: s.outcome.clone(),
+                    detail: s.detail.clone(),
+                })
+                .collect(),
+        });
+    let Some(w) = watch else {
+        return WatchStatus {
+            state: Some(State::NotConfigured),
+            leave,
+            ..Default::default()
+        };
+    };
+    let str_of = |v: &serde_json::Value| v.as_str().map(String::from);
+    let d = &w["decision"];
+    let decision = str_of(&d["decision"]);
+    let reason = str_of(&d["reason"]);
+    let failing = match decision.as_deref() {
+        Some("failing") => str_of(&d["why"]),
+        Some("hold_back") => str_of(&d["failing"]),
+        _ => None,
+    };
+    let marked = w["marked_unhealthy_unix"].as_u64();
+    let checked = w["checked_unix"].as_u64();
+    let ago = checked.map(|c| now.saturating_sub(c));
+    let interval = w["settings"]["interval_seconds"].as_u64().unwrap_or(10);
+    let lease = &w["observed"]["lease"];
+    let mut s = WatchStatus {
+        checked_unix: checked,
+        checked_seconds_ago: ago,
+        decision: decision.clone(),
+        reason: reason.clone(),
+        failing: failing.clone(),
+        failing_since_unix: w["failing_since_unix"].as_u64(),
+        marked_unhealthy_unix: marked,
+        coordination_reachable: w["observed"]["coordination"]["reachable"].as_bool(),
+        lease: str_of(&lease["state"]),
+        lease_holder: str_of(&lease["holder"]).filter(|h| !h.is_empty()),
+        leave,
+        ..Default::default()
+    };
+    let unhealthy_after = w["settings"]["unhealthy_after_seconds"].as_u64();
+    let mut summary = match (decision.as_deref(), reason.as_deref()) {
+        (Some("healthy"), _) => "the broker serves: nothing to do".to_string(),
+        (Some("failing"), _) => format!(
+            "the broker fails its checks, {}s counted of {}s before the instance is marked \
+             Unhealthy",
+            d["counted"].as_u64().unwrap_or(0),
+            unhealthy_after.map_or("?".into(), |u| u.to_string())
+        ),
+        (Some("mark_unhealthy"), _) => format!(
+            "marks this instance Unhealthy so that the group replaces it: {}",
+            str_of(&d["why"]).unwrap_or_default()
+        ),
+        (Some("hold_back"), Some("not_booted")) => {
+            "holds back: no successful boot yet, nothing to watch".to_string()
+        }
+        (Some("hold_back"), Some("within_grace")) => format!(
+            "holds back within the grace period after the boot ({}s left)",
+            d["left"].as_u64().unwrap_or(0)
+        ),
+        (Some("hold_back"), Some("coordination_unreachable")) => format!(
+            "holds back because the coordination service is unreachable ({}): the broker \
+             cannot register, and replacing nodes now would turn an outage into data loss",
+            str_of(&d["why"]).unwrap_or_default()
+        ),
+        (Some("hold_back"), Some("replacement_in_flight")) => format!(
+            "holds back: another replacement is in flight (broker {} on {})",
+            d["id"],
+            str_of(&d["holder"]).unwrap_or_default()
+        ),
+        (Some("hold_back"), Some("no_lease")) => format!(
+            "holds back: no replacement lease can be taken ({})",
+            str_of(&d["why"]).unwrap_or_default()
+        ),
+        (Some("hold_back"), Some("leaving")) => {
+            "holds back: the group is terminating this instance, which leaves cleanly".to_string()
+        }
+        (Some(other), r) => format!("{other} {}", r.unwrap_or_default()),
+        (None, _) => "an unreadable watch.json".to_string(),
+    };
+    if let Some(f) = failing
+        .as_deref()
+        .filter(|_| decision.as_deref() != Some("failing"))
+    {
+        summary.push_str(&format!("; the broker fails meanwhile: {f}"));
+    } else if let Some(f) = failing.as_deref() {
+        summary.push_str(&format!(": {f}"));
+    }
+    if let Some(m) = marked {
+        summary.push_str(&format!(
+            "; marked Unhealthy at {}, the group replaces it",
+            utc(m)
+        ));
+    }
+    let stale = ago.is_some_and(|a| a > WATCH_STALE_INTERVALS * interval + 60) || ago.is_none();
+    let leaving = reason.as_deref() == Some("leaving") || s.leave.is_some();
+    let degraded = failing.is_some()
+        || marked.is_some()
+        || leaving
+        || matches!(decision.as_deref(), Some("failing" | "mark_unhealthy"))
+        || matches!(
+            reason.as_deref(),
+            Some("coordination_unreachable" | "replacement_in_flight" | "no_lease")
+        );
+    s.state = Some(if stale {
+        problem(
+            "watch",
+            State::Unknown,
+            format!(
+                "the watchdog's last check was {} ago (it checks every {interval}s): is \
+                 kafka-agent-watch running? It said: {summary}",
+                ago.map_or("never".into(), |a| format!("{a}s"))
+            ),
+        );
+        State::Unknown
+    } else if degraded {
+        problem("watch", State::Degraded, format!("the watchdog {summary}"));
+        State::Degraded
+    } else {
+        State::Ok
+    });
+    if let Some(l) = &s.leave {
+        let steps = l
+            .steps
+            .iter()
+            .map(|s| format!("{} {}", s.step, s.outcome))
+            .collect::<Vec<_>>()
+            .join(", ");
+        problem(
+            "leave",
+            State::Degraded,
+            format!(
+                "the group is terminating this instance (noticed {}); the leave: {steps}; {}",
+                utc(l.noticed_unix),
+                l.completed
+                    .as_deref()
+                    .map_or("the lifecycle action is not completed yet".into(), |c| {
+                        format!("the lifecycle action is completed ({c})")
+                    })
+            ),
+        );
+    }
+    s.summary = Some(summary);
+    s
 }
 
 /// What netlink shows in this host's network namespace.
@@ -1144,6 +1396,32 @@ pub fn human(r: &Report) -> String {
             None => "not checked".into(),
         },
     );
+    let w = &r.watch;
+    line(
+        "watch",
+        match (&w.summary, w.checked_seconds_ago) {
+            (Some(sum), Some(ago)) => format!("{sum} (checked {ago}s ago): {}", state(w.state)),
+            (Some(sum), None) => format!("{sum}: {}", state(w.state)),
+            _ => "no watchdog journal (watch.json) on this host".into(),
+        },
+    );
+    if let Some(l) = &w.leave {
+        line(
+            "leave",
+            format!(
+                "noticed {}: {}{}",
+                utc(l.noticed_unix),
+                l.steps
+                    .iter()
+                    .map(|s| format!("{} {}", s.step, s.outcome))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                l.completed
+                    .as_deref()
+                    .map_or(", not completed".into(), |c| format!("; completed {c}"))
+            ),
+        );
+    }
     line(
         "last boot",
         match &r.last_boot {
@@ -1291,6 +1569,206 @@ pub fn sha256_hex(data: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// watch.json as the watchdog writes it, checked `ago` seconds before `NOW`.
+    fn watch_json(
+        obs: crate::watch::Observation,
+        decision: crate::watch::Decision,
+        marked: Option<u64>,
+        ago: u64,
+    ) -> serde_json::Value {
+        serde_json::to_value(crate::watch::Journal {
+            version: crate::watch::VERSION,
+            checked_unix: NOW - ago,
+            instance_id: Some("i-1".into()),
+            id: Some(1),
+            failing_since_unix: None,
+            observed: obs,
+            decision,
+            marked_unhealthy_unix: marked,
+            settings: crate::watch::JournalSettings {
+                interval_seconds: 10,
+                unhealthy_after_seconds: 60,
+                grace_period_seconds: 600,
+                lease_bound_seconds: 900,
+            },
+        })
+        .unwrap()
+    }
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn observed() -> crate::watch::Observation {
+        use crate::watch::{LeaseState, Probe};
+        crate::watch::Observation {
+            at: Duration::ZERO,
+            since_boot: Some(Duration::from_secs(900)),
+            process: Probe::NotChecked,
+            listener: Probe::Ok,
+            registration: Probe::Ok,
+            coordination: Ok(()),
+            lease: LeaseState::Free,
+            leaving: false,
+        }
+    }
+
+    fn judged(
+        w: Option<&serde_json::Value>,
+        leave: Option<&crate::leave::Journal>,
+    ) -> (WatchStatus, Vec<Problem>) {
+        let mut problems = Vec::new();
+        let s = watch_status(
+            w,
+            leave,
+            Some("i-1"),
+            NOW,
+            &mut |c: &str, state, message| {
+                problems.push(Problem {
+                    check: c.into(),
+                    state,
+                    message,
+                })
+            },
+        );
+        (s, problems)
+    }
+
+    #[test]
+    fn the_watchdogs_view_says_why_it_acts_or_holds_back() {
+        use crate::watch::{Decision, HoldBack, LeaseState, Probe};
+        // No watchdog here: nothing to say, nothing wrong.
+        let (s, p) = judged(None, None);
+        assert_eq!(s.state, Some(State::NotConfigured));
+        assert!(p.is_empty());
+        // Healthy: ok.
+        let w = watch_json(observed(), Decision::Healthy, None, 5);
+        let (s, p) = judged(Some(&w), None);
+        assert_eq!(
+            (s.state, s.decision.as_deref()),
+            (Some(State::Ok), Some("healthy"))
+        );
+        assert_eq!(s.checked_seconds_ago, Some(5));
+        assert_eq!(s.lease.as_deref(), Some("free"));
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(assess(false, None, &p), Health::Healthy);
+        // ZooKeeper down: degraded, and it says why it holds back.
+        let down = crate::watch::Observation {
+            coordination: Err("connecting to ZooKeeper: no answer".into()),
+            registration: Probe::NotChecked,
+            lease: LeaseState::Unknown {
+                why: "ZooKeeper is unreachable".into(),
+            },
+            ..observed()
+        };
+        let d = Decision::HoldBack {
+            why: HoldBack::CoordinationUnreachable {
+                why: "connecting to ZooKeeper: no answer".into(),
+            },
+            failing: None,
+        };
+        let (s, p) = judged(Some(&watch_json(down, d, None, 1)), None);
+        assert_eq!(s.state, Some(State::Degraded));
+        assert_eq!(s.reason.as_deref(), Some("coordination_unreachable"));
+        assert_eq!(s.coordination_reachable, Some(false));
+        let sum = s.summary.unwrap();
+        assert!(sum.contains("coordination service is unreachable"), "{sum}");
+        assert_eq!(p[0].check, "watch");
+        assert_eq!(assess(false, None, &p), Health::Degraded);
+        // Within the grace: ok, it says how long is left.
+        let d = Decision::HoldBack {
+            why: HoldBack::WithinGrace {
+                left: Duration::from_secs(42),
+            },
+            failing: None,
+        };
+        let (s, p) = judged(Some(&watch_json(observed(), d, None, 1)), None);
+        assert_eq!(s.state, Some(State::Ok));
+        assert!(s.summary.unwrap().contains("42s left"));
+        assert!(p.is_empty());
+        // Another replacement in flight while the broker fails: degraded, names the holder.
+        let d = Decision::HoldBack {
+            why: HoldBack::ReplacementInFlight {
+                holder: "i-other".into(),
+                id: 2,
+            },
+            failing: Some("10.0.0.5:9092 answered nothing".into()),
+        };
+        let (s, p) = judged(Some(&watch_json(observed(), d, None, 1)), None);
+        assert_eq!(s.state, Some(State::Degraded));
+        let sum = s.summary.unwrap();
+        assert!(
+            sum.contains("i-other") && sum.contains("answered nothing"),
+            "{sum}"
+        );
+        assert_eq!(s.failing.as_deref(), Some("10.0.0.5:9092 answered nothing"));
+        assert_eq!(assess(false, None, &p), Health::Degraded);
+        // Marked Unhealthy: degraded (the group replaces it), never failed.
+        let d = Decision::MarkUnhealthy {
+            why: "failing for 60s".into(),
+        };
+        let (s, p) = judged(Some(&watch_json(observed(), d, Some(NOW - 3), 1)), None);
+        assert_eq!(s.marked_unhealthy_unix, Some(NOW - 3));
+        assert!(s.summary.unwrap().contains("marked Unhealthy at"));
+        assert_eq!(assess(false, None, &p), Health::Degraded);
+        // A stale journal: the watchdog is not running.
+        let (s, p) = judged(
+            Some(&watch_json(observed(), Decision::Healthy, None, 600)),
+            None,
+        );
+        assert_eq!(s.state, Some(State::Unknown));
+        assert!(
+            p[0].message.contains("is kafka-agent-watch running"),
+            "{p:?}"
+        );
+        assert_eq!(assess(false, None, &p), Health::Degraded);
+    }
+
+    #[test]
+    fn a_leave_in_progress_is_degraded_and_shown_step_by_step() {
+        use crate::watch::{Decision, HoldBack};
+        let leave: crate::leave::Journal = serde_json::from_value(serde_json::json!({
+            "version": 1, "instance_id": "i-1", "broker_id": 1,
+            "auto_scaling_group": "g", "lifecycle_hook": "leave",
+            "noticed_unix_ms": (NOW - 20) * 1000, "runs": 1, "heartbeats": 3,
+            "steps": [
+                {"step": "stop", "outcome": "ok", "started_unix_ms": 0, "finished_unix_ms": 1, "detail": null},
+                {"step": "unmount", "outcome": "ok", "started_unix_ms": 1, "finished_unix_ms": 2, "detail": null}
+            ],
+            "completed": null
+        }))
+        .unwrap();
+        let d = Decision::HoldBack {
+            why: HoldBack::Leaving,
+            failing: None,
+        };
+        let obs = crate::watch::Observation {
+            leaving: true,
+            ..observed()
+        };
+        let w = watch_json(obs, d, None, 1);
+        let (s, p) = judged(Some(&w), Some(&leave));
+        assert_eq!(s.state, Some(State::Degraded));
+        let l = s.leave.as_ref().unwrap();
+        assert_eq!(
+            (l.noticed_unix, l.heartbeats, l.steps.len()),
+            (NOW - 20, 3, 2)
+        );
+        assert!(
+            p.iter()
+                .any(|p| p.check == "leave" && p.message.contains("not completed"))
+        );
+        assert_eq!(assess(false, None, &p), Health::Degraded);
+        // Another instance's leave.json (a volume's journal carried over) is not this one's.
+        let other = crate::leave::Journal {
+            instance_id: "i-0".into(),
+            ..leave
+        };
+        let (s, _) = judged(
+            Some(&watch_json(observed(), Decision::Healthy, None, 1)),
+            Some(&other),
+        );
+        assert!(s.leave.is_none());
+    }
 
     fn boot(outcome: &str) -> LastBoot {
         LastBoot {
@@ -1451,9 +1929,27 @@ mod tests {
                 }),
                 ..boot("failure")
             }),
+            watch: WatchStatus {
+                state: Some(State::Degraded),
+                checked_seconds_ago: Some(4),
+                summary: Some("holds back because the coordination service is unreachable".into()),
+                leave: Some(LeaveStatus {
+                    noticed_unix: 0,
+                    completed: Some("CONTINUE".into()),
+                    heartbeats: 1,
+                    steps: vec![LeaveStep {
+                        step: "stop".into(),
+                        outcome: "ok".into(),
+                        detail: None,
+                    }],
+                }),
+                ..Default::default()
+            },
         };
         let h = human(&r);
         for want in [
+            "watch     holds back because the coordination service is unreachable (checked 4s ago): degraded",
+            "leave     noticed 1970-01-01T00:00:00Z: stop ok; completed CONTINUE",
             "failed (exit 2)",
             "id 1",
             "eni-1 10.0.1.9 on ens6",

@@ -279,6 +279,91 @@ async fn a_lost_rule_or_mount_is_failed_naming_the_check() {
     );
 }
 
+/// What the watchdog journalled (watch.json, as `kafka-agent watch` writes it) and a leave in
+/// progress (leave.json) are shown, validate against the schema, and make the node degraded.
+#[tokio::test]
+async fn the_watchdogs_view_and_the_leave_are_shown_and_degrade() {
+    let (world, cluster, inst, ..) = booted().await;
+    let (_, v) = status_json(&cluster, &world, &inst).await;
+    assert_eq!(v["watch"]["state"], "not_configured", "{v:#}");
+    assert_eq!(v["watch"]["leave"], Value::Null);
+    let state = world.host_dir(&inst).join("var/lib/kafka-agent");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let watch = serde_json::json!({
+        "version": 1, "checked_unix": now - 2, "instance_id": inst, "id": 0,
+        "failing_since_unix": null,
+        "observed": {
+            "since_boot": 900,
+            "process": {"state": "not_checked"},
+            "listener": {"state": "failed", "detail": "10.0.1.9:9092 answered nothing within 1s"},
+            "registration": {"state": "not_checked"},
+            "coordination": {"reachable": false, "detail": "connecting to ZooKeeper: no answer"},
+            "lease": {"state": "unknown", "why": "ZooKeeper is unreachable"},
+            "leaving": false
+        },
+        "decision": {
+            "decision": "hold_back", "reason": "coordination_unreachable",
+            "why": "connecting to ZooKeeper: no answer",
+            "failing": "10.0.1.9:9092 answered nothing within 1s"
+        },
+        "marked_unhealthy_unix": null,
+        "settings": {"interval_seconds": 10, "unhealthy_after_seconds": 60,
+                     "grace_period_seconds": 600, "lease_bound_seconds": 900}
+    });
+    std::fs::write(state.join("watch.json"), watch.to_string()).unwrap();
+    let (code, v) = status_json(&cluster, &world, &inst).await;
+    assert_eq!(code, 1, "{v:#}");
+    let w = &v["watch"];
+    assert_eq!(w["state"], "degraded", "{v:#}");
+    assert_eq!(w["decision"], "hold_back");
+    assert_eq!(w["reason"], "coordination_unreachable");
+    assert_eq!(w["coordination_reachable"], false);
+    assert_eq!(w["lease"], "unknown");
+    assert_eq!(w["failing"], "10.0.1.9:9092 answered nothing within 1s");
+    assert_eq!(v["problems"][0]["check"], "watch", "{v:#}");
+    let h = status(&cluster, &world, &inst, false).await;
+    assert!(
+        h.stdout
+            .contains("holds back because the coordination service is unreachable"),
+        "{}",
+        h.stdout
+    );
+
+    // The group terminates the instance: the leave, step by step.
+    let leave = serde_json::json!({
+        "version": 1, "instance_id": inst, "broker_id": 0,
+        "auto_scaling_group": "g", "lifecycle_hook": "leave",
+        "noticed_unix_ms": (now - 5) * 1000, "runs": 1, "heartbeats": 2,
+        "steps": [
+            {"step": "stop", "outcome": "ok", "started_unix_ms": 1, "finished_unix_ms": 2, "detail": null},
+            {"step": "unmount", "outcome": "kept", "started_unix_ms": 2, "finished_unix_ms": 3,
+             "detail": "target is busy"}
+        ],
+        "completed": null
+    });
+    std::fs::write(state.join("leave.json"), leave.to_string()).unwrap();
+    let (code, v) = status_json(&cluster, &world, &inst).await;
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["watch"]["leave"]["steps"][1]["outcome"], "kept", "{v:#}");
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["check"] == "leave"),
+        "{v:#}"
+    );
+    let h = status(&cluster, &world, &inst, false).await;
+    assert!(
+        h.stdout.contains("stop ok, unmount kept, not completed"),
+        "{}",
+        h.stdout
+    );
+}
+
 // --- a small JSON Schema checker: the keywords tests/status.schema.json uses -------------
 
 fn schema() -> Value {
@@ -408,6 +493,24 @@ fn the_checker_refuses_what_the_schema_does_not_allow() {
         "last_boot": null,
     });
     assert_eq!(validate(&s, &good), Vec::<String>::new());
+    // An older agent's report has no `watch`; this one's has it, always complete.
+    let mut watched = good.clone();
+    watched["watch"] = serde_json::json!({
+        "state": "degraded", "checked_unix": 1, "checked_seconds_ago": 2,
+        "decision": "hold_back", "reason": "replacement_in_flight", "summary": "holds back",
+        "failing": "x", "failing_since_unix": null, "marked_unhealthy_unix": null,
+        "coordination_reachable": true, "lease": "in_flight", "lease_holder": "i-2",
+        "leave": null,
+    });
+    assert_eq!(validate(&s, &watched), Vec::<String>::new());
+    watched["watch"]["reason"] = "tired".into();
+    watched["watch"].as_object_mut().unwrap().remove("lease");
+    assert_eq!(
+        validate(&s, &watched).len(),
+        2,
+        "{:#?}",
+        validate(&s, &watched)
+    );
     let mut bad = good.clone();
     bad["version"] = 2.into();
     bad["exit_code"] = "3".into();
