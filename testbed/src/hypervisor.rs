@@ -236,7 +236,68 @@ fn reconcile(
         *host.imds.metadata.write().unwrap() = md;
         *host.imds.target_lifecycle_state.write().unwrap() = info.target_lifecycle_state.clone();
     }
-    // Volumes first: a mount waits for its device longer than a route for its interface.
+    // ENIs (device index > 0; the primary is part of the host): stale ones go first; new
+    // ones are planned here and plumbed (several `ip` runs) on a thread of their own while the
+    // volumes are plugged, as EC2 attaches the two independently.
+    let want: BTreeMap<&str, &aws::EniInfo> = state
+        .enis
+        .iter()
+        .filter(|e| {
+            e.attachment.as_ref().is_some_and(|a| {
+                a.device_index > 0 && present(&a.status) && p.hosts.contains_key(&a.instance_id)
+            })
+        })
+        .map(|e| (e.id.as_str(), e))
+        .collect();
+    let stale: Vec<String> = p
+        .enis
+        .iter()
+        .filter(|(id, pe)| {
+            want.get(id.as_str())
+                .is_none_or(|e| e.attachment.as_ref().unwrap().instance_id != pe.instance_id)
+        })
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in stale {
+        let pe = p.enis.remove(&id).unwrap();
+        p.guards.remove(&pe.vpc_side);
+        let _ = netns::ip_in(&l.vpc_ns, &["link", "delete", &pe.vpc_side]);
+    }
+    let mut planned = Vec::new();
+    for (id, eni) in want {
+        if !p.enis.contains_key(id) {
+            planned.push(plan_eni(l, p, eni).with_context(|| format!("plugging {id}"))?);
+        }
+    }
+    let vpc_ns = l.vpc_ns.as_str();
+    let (volumes, plumbed) = std::thread::scope(|scope| {
+        let plumbing = scope.spawn(|| planned.iter().map(|w| w.plumb(vpc_ns)).collect::<Vec<_>>());
+        let volumes = plug_volumes(l, p, state, &running);
+        (volumes, plumbing.join())
+    });
+    // The ENIs' plumbing is theirs once done (recorded even when a volume failed: made twice,
+    // their names would clash).
+    let plumbed = plumbed.map_err(|_| anyhow::anyhow!("plugging ENIs panicked"))?;
+    for (plug, made) in planned.into_iter().zip(plumbed) {
+        made.with_context(|| format!("plugging {}", plug.eni))?;
+        plug.record(p);
+    }
+    volumes?;
+    if p.loaded_guards.as_ref() != Some(&p.guards) {
+        netns::nft_in(&l.vpc_ns, &guard_ruleset(&p.guards))
+            .context("loading the VPC's source/destination check")?;
+        p.loaded_guards = Some(p.guards.clone());
+    }
+    Ok(())
+}
+
+/// Plugs the volumes EC2 has attached to running hosts, unplugs those it no longer has.
+fn plug_volumes(
+    l: &Layout,
+    p: &mut Physical,
+    state: &Ec2State,
+    running: &BTreeMap<&str, &aws::InstanceInfo>,
+) -> Result<()> {
     let want: BTreeMap<&str, &aws::VolumeInfo> = state
         .volumes
         .iter()
@@ -269,41 +330,6 @@ fn reconcile(
         }
         grow_volume(l, p, vol).with_context(|| format!("growing {id}"))?;
     }
-    // ENIs (device index > 0; the primary is part of the host).
-    let want: BTreeMap<&str, &aws::EniInfo> = state
-        .enis
-        .iter()
-        .filter(|e| {
-            e.attachment.as_ref().is_some_and(|a| {
-                a.device_index > 0 && present(&a.status) && p.hosts.contains_key(&a.instance_id)
-            })
-        })
-        .map(|e| (e.id.as_str(), e))
-        .collect();
-    let stale: Vec<String> = p
-        .enis
-        .iter()
-        .filter(|(id, pe)| {
-            want.get(id.as_str())
-                .is_none_or(|e| e.attachment.as_ref().unwrap().instance_id != pe.instance_id)
-        })
-        .map(|(id, _)| id.clone())
-        .collect();
-    for id in stale {
-        let pe = p.enis.remove(&id).unwrap();
-        p.guards.remove(&pe.vpc_side);
-        let _ = netns::ip_in(&l.vpc_ns, &["link", "delete", &pe.vpc_side]);
-    }
-    for (id, eni) in want {
-        if !p.enis.contains_key(id) {
-            plug_eni(l, p, eni).with_context(|| format!("plugging {id}"))?;
-        }
-    }
-    if p.loaded_guards.as_ref() != Some(&p.guards) {
-        netns::nft_in(&l.vpc_ns, &guard_ruleset(&p.guards))
-            .context("loading the VPC's source/destination check")?;
-        p.loaded_guards = Some(p.guards.clone());
-    }
     Ok(())
 }
 
@@ -334,7 +360,20 @@ fn grow_volume(l: &Layout, p: &mut Physical, vol: &aws::VolumeInfo) -> Result<()
     Ok(())
 }
 
-fn plug_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<()> {
+/// A new ENI's plug: names chosen, plumbing to make ([`EniPlug::plumb`]), then recorded.
+struct EniPlug {
+    eni: String,
+    instance_id: String,
+    ns: String,
+    name: String,
+    tmp: String,
+    vpc_side: String,
+    bridge: String,
+    mac: String,
+    ips: Vec<String>,
+}
+
+fn plan_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<EniPlug> {
     let a = eni.attachment.as_ref().unwrap();
     let host = &p.hosts[&a.instance_id];
     let subnet = l
@@ -342,31 +381,54 @@ fn plug_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<()> {
         .iter()
         .find(|s| s.id == eni.subnet_id)
         .context("ENI in a subnet the world does not know")?;
-    let ns = host.ns.clone();
     p.counter += 1;
-    let vpc_side = format!("e{}", p.counter);
-    let tmp = format!("{}{}", l.world, p.counter);
-    let name = format!("ens{}", 5 + a.device_index);
-    netns::veth(&tmp, &ns, &name, Some(&eni.mac), &l.vpc_ns, &vpc_side)?;
-    netns::ip_in(
-        &l.vpc_ns,
-        &["link", "set", &vpc_side, "master", &subnet.bridge, "up"],
-    )?;
-    p.guards.insert(
-        vpc_side.clone(),
-        Guard {
-            mac: Some(eni.mac.clone()),
-            ips: eni.private_ips.clone(),
-        },
-    );
-    p.enis.insert(
-        eni.id.clone(),
-        PluggedEni {
-            instance_id: a.instance_id.clone(),
-            vpc_side,
-        },
-    );
-    Ok(())
+    Ok(EniPlug {
+        eni: eni.id.clone(),
+        instance_id: a.instance_id.clone(),
+        ns: host.ns.clone(),
+        name: format!("ens{}", 5 + a.device_index),
+        tmp: format!("{}{}", l.world, p.counter),
+        vpc_side: format!("e{}", p.counter),
+        bridge: subnet.bridge.clone(),
+        mac: eni.mac.clone(),
+        ips: eni.private_ips.clone(),
+    })
+}
+
+impl EniPlug {
+    /// The veth pair, its VPC side on the subnet's bridge (touches no [`Physical`]).
+    fn plumb(&self, vpc_ns: &str) -> Result<()> {
+        netns::veth(
+            &self.tmp,
+            &self.ns,
+            &self.name,
+            Some(&self.mac),
+            vpc_ns,
+            &self.vpc_side,
+        )?;
+        netns::ip_in(
+            vpc_ns,
+            &["link", "set", &self.vpc_side, "master", &self.bridge, "up"],
+        )?;
+        Ok(())
+    }
+
+    fn record(self, p: &mut Physical) {
+        p.guards.insert(
+            self.vpc_side.clone(),
+            Guard {
+                mac: Some(self.mac),
+                ips: self.ips,
+            },
+        );
+        p.enis.insert(
+            self.eni,
+            PluggedEni {
+                instance_id: self.instance_id,
+                vpc_side: self.vpc_side,
+            },
+        );
+    }
 }
 
 /// Whether an instance type is Xen-based (no NVMe: EBS volumes appear as `xvd*` without a
