@@ -1024,8 +1024,17 @@ pub async fn run(opts: Options) -> Result<()> {
         aws_until: BTreeMap::new(),
         aws_rate: opts.aws_fault_rate,
     };
-    timeline.note("all 3 brokers serve; the run starts");
     run.tick().await?;
+    if let Some(l) = &run.last {
+        // What the checks see, so that a reader knows they are not vacuous.
+        timeline.note(format!(
+            "all 3 brokers serve; the run starts (the checks see {} live brokers, {} volumes \
+             mounted, {} volumes and ENIs attached)",
+            l.hosts.values().filter(|h| h.alive).count(),
+            l.mounted.len(),
+            l.attached.len()
+        ));
+    }
     let initial: BTreeSet<String> = run
         .last
         .as_ref()
@@ -1064,6 +1073,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     // The schedule, with a look at the world every second.
     let mut next = 0;
+    let mut looks: u32 = 0;
     let mut ticker = tokio::time::interval(Duration::from_secs(1));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while timeline.t0.elapsed() < length {
@@ -1075,6 +1085,7 @@ pub async fn run(opts: Options) -> Result<()> {
         }
         run.end_aws_windows(false).await?;
         run.tick().await?;
+        looks += 1;
     }
 
     // The end: no more faults; wait for the cluster to heal, checking all along.
@@ -1088,6 +1099,7 @@ pub async fn run(opts: Options) -> Result<()> {
     while Instant::now() < until {
         ticker.tick().await;
         run.tick().await?;
+        looks += 1;
         if run.healed().await {
             healed = true;
             break;
@@ -1187,7 +1199,10 @@ pub async fn run(opts: Options) -> Result<()> {
         attempts.load(Ordering::SeqCst),
         acked.len()
     );
-    println!("  invariant violations: {}", c.violations.len());
+    println!(
+        "  invariant violations: {} (in {looks} looks at the world)",
+        c.violations.len()
+    );
     for v in &c.violations {
         println!("    {v}");
     }
