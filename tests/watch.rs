@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::deployed::{CLUSTERS, agent, deploy};
+use common::deployed::{CLUSTERS, agent, broker_instances, deploy, deploy_on, status};
 use kafka_testbed::cluster::ask_broker;
 use kafka_testbed::{self as testbed, World};
 
@@ -64,20 +64,31 @@ enum Failure {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_broker_is_marked_unhealthy_and_replaced_with_its_id() {
-    a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(Failure::Hung).await;
+    a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(Failure::Hung, "zookeeper").await;
+}
+
+/// The same on the CloudWatch Logs backend, whose lease is a stream of the claim log group.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_broker_is_replaced_on_the_cloudwatch_logs_backend() {
+    a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(Failure::Hung, "cloudwatch-logs")
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_exited_broker_is_marked_unhealthy_and_replaced_with_its_id() {
-    a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(Failure::Exited).await;
+    a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(Failure::Exited, "zookeeper")
+        .await;
 }
 
-async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(failure: Failure) {
+async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
+    failure: Failure,
+    backend: &str,
+) {
     let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
-    let cluster = deploy(&world, "zookeeper").await;
+    let cluster = deploy(&world, backend).await;
     let victim = cluster.brokers[1].clone();
     let inst = cluster
         .instance_of(&world, victim.id)
@@ -178,11 +189,22 @@ async fn nothing_is_marked_within_the_grace_period() {
 /// other's watchdog holds back (`replacement_in_flight`), and only then the second goes.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_wedged_brokers_are_replaced_one_after_the_other() {
+    two_wedged_brokers_one_after_the_other("zookeeper").await;
+}
+
+/// The same on the CloudWatch Logs backend: the lease is the claim log group's highest
+/// `replacing-<seq>` stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_wedged_brokers_go_one_after_the_other_on_the_cloudwatch_logs_backend() {
+    two_wedged_brokers_one_after_the_other("cloudwatch-logs").await;
+}
+
+async fn two_wedged_brokers_one_after_the_other(backend: &str) {
     let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
-    let cluster = deploy(&world, "zookeeper").await;
+    let cluster = deploy(&world, backend).await;
     let other = cluster.instance_of(&world, 0).await.unwrap().unwrap();
     let mut wedged = Vec::new();
     for id in [1u32, 2] {
@@ -258,4 +280,158 @@ async fn two_wedged_brokers_are_replaced_one_after_the_other() {
     for (_, _, mut watch) in wedged {
         let _ = watch.kill().await;
     }
+}
+
+/// ZooKeeper down for a minute: every broker's registration is out of reach, and a watchdog
+/// that took that for its broker's failure would replace every node at once. Two clusters
+/// (one per claim backend; the watchdog consults ZooKeeper in both, Kafka being in ZooKeeper
+/// mode) on an ensemble of their own, stopped whole for 60 s: no watchdog marks anything, each
+/// holds back with `coordination_unreachable` (and `status` says so), and once the ensemble is
+/// back every broker serves and every watchdog sees it healthy, still on its instance.
+///
+/// unhealthy_after is 10 s, well below the outage. With the guard disabled (a failed
+/// ZooKeeper read in `watch::check` taken for a failed registration probe, coordination left
+/// Ok) this test failed 37 s in, 10 s into the outage: on the CloudWatch Logs cluster, whose
+/// lease stays within reach, the watchdogs went to mark_unhealthy, one took the lease and
+/// marked its instance. (On the ZooKeeper backend the lease itself is out of reach then, and
+/// holds back on its own: the guard is what keeps the CloudWatch Logs backend safe.)
+#[tokio::test(flavor = "multi_thread")]
+async fn zookeeper_down_for_a_minute_makes_no_watchdog_replace_anything() {
+    let _turn = CLUSTERS.acquire_many(2).await.unwrap();
+    let mut services = tokio::task::block_in_place(|| testbed::Services::start(3)).unwrap();
+    let (zk_world, cwl_world) = tokio::join!(
+        World::create(&services, &["a", "b", "c"]),
+        World::create(&services, &["a", "b", "c"])
+    );
+    let worlds = [zk_world.unwrap(), cwl_world.unwrap()];
+    let (zk_cluster, cwl_cluster) = tokio::join!(
+        deploy_on(&worlds[0], &services, "zookeeper"),
+        deploy_on(&worlds[1], &services, "cloudwatch-logs")
+    );
+    let clusters = [zk_cluster, cwl_cluster];
+    let settings = "interval_seconds = 1\nunhealthy_after_seconds = 10\ngrace_period_seconds = 0\nlistener_timeout_seconds = 1";
+    let mut nodes = Vec::new();
+    let mut watches = Vec::new();
+    for (world, cluster) in worlds.iter().zip(&clusters) {
+        let instances = broker_instances(world, cluster).await;
+        for inst in &instances {
+            watches.push(start_watch(world, inst, settings));
+        }
+        for inst in &instances {
+            healthy_first(world, inst).await;
+        }
+        nodes.push(instances);
+    }
+    // Nothing marked, nobody replaced: every instance still serves its id, healthy to the
+    // group, and no watchdog said it marks.
+    let unchanged = async |during: &str| {
+        for ((world, cluster), instances) in worlds.iter().zip(&clusters).zip(&nodes) {
+            let listed = cluster.instances().await.unwrap();
+            for (id, inst) in instances.iter().enumerate() {
+                let (_, state, health) = listed
+                    .get(inst)
+                    .unwrap_or_else(|| panic!("{during}: {inst} (broker {id}) left the group"));
+                assert_eq!(
+                    (state.as_str(), health.as_str()),
+                    ("InService", "Healthy"),
+                    "{during}: {inst} (broker {id}, {}); watch.json {}\n{}",
+                    cluster.spec.backend,
+                    journal(world, inst),
+                    watch_log(world, inst)
+                );
+                let log = watch_log(world, inst);
+                assert!(
+                    !log.contains("marking this instance Unhealthy"),
+                    "{during}: {log}"
+                );
+            }
+            assert_eq!(listed.len(), 3, "{during}: {listed:?}");
+        }
+    };
+    unchanged("before the outage").await;
+
+    tokio::task::block_in_place(|| services.zookeeper.stop_all()).unwrap();
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(60) {
+        unchanged("ZooKeeper down").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    for ((world, cluster), instances) in worlds.iter().zip(&clusters).zip(&nodes) {
+        for inst in instances {
+            let j = journal(world, inst);
+            let during = format!("{inst} ({}): {j}", cluster.spec.backend);
+            assert_eq!(j["decision"]["decision"], "hold_back", "{during}");
+            assert_eq!(
+                j["decision"]["reason"], "coordination_unreachable",
+                "{during}"
+            );
+            assert_eq!(
+                j["observed"]["coordination"]["reachable"], false,
+                "{during}"
+            );
+            assert!(j["marked_unhealthy_unix"].is_null(), "{during}");
+        }
+        let (code, out) = status(world, &instances[1]).await;
+        assert!(
+            out.contains("coordination service is unreachable"),
+            "{} exit {code}:\n{out}",
+            cluster.spec.backend
+        );
+        assert_eq!(code, 1, "degraded while the watchdog holds back:\n{out}");
+    }
+
+    tokio::task::block_in_place(|| services.zookeeper.start_all()).unwrap();
+    for (world, cluster) in worlds.iter().zip(&clusters) {
+        cluster
+            .wait_serving(world, Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    // Every watchdog sees its broker healthy again; and for longer than unhealthy_after
+    // after that, still nobody is marked.
+    for ((world, _), instances) in worlds.iter().zip(&clusters).zip(&nodes) {
+        for inst in instances {
+            let until = Instant::now() + Duration::from_secs(60);
+            while journal(world, inst)["decision"]["decision"] != "healthy" {
+                assert!(
+                    Instant::now() < until,
+                    "{}\n{}",
+                    journal(world, inst),
+                    watch_log(world, inst)
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    let after = Instant::now();
+    while after.elapsed() < Duration::from_secs(15) {
+        unchanged("ZooKeeper back").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // A registration made again after the outage may come a few seconds late (a session
+    // expired meanwhile): in the end every watchdog sees its broker healthy at once.
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let not_yet: Vec<(String, serde_json::Value)> = worlds
+            .iter()
+            .zip(&nodes)
+            .flat_map(|(world, instances)| {
+                instances
+                    .iter()
+                    .map(|inst| (inst.clone(), journal(world, inst)))
+                    .filter(|(_, j)| j["decision"]["decision"] != "healthy")
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if not_yet.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < until, "not healthy: {not_yet:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for mut w in watches {
+        let _ = w.kill().await;
+    }
+    drop(clusters);
+    drop(worlds);
 }

@@ -1,5 +1,6 @@
 //! ZooKeeper servers from the Debian package: standalone or an ensemble of N on free loopback
-//! ports, reconfig enabled, superuser digest auth; members can be stopped, killed, restarted.
+//! ports, reconfig enabled, superuser digest auth; members can be stopped, killed, restarted,
+//! the whole ensemble too.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -165,6 +166,30 @@ impl Ensemble {
             serving_mode(port).is_some_and(|m| m != "standalone")
         })
         .with_context(|| format!("ZooKeeper member {id} did not rejoin"))
+    }
+
+    /// Stops every member (SIGTERM, waited for): the whole ensemble is down, its data kept.
+    pub fn stop_all(&mut self) -> Result<()> {
+        let ids: Vec<u32> = self.members.keys().copied().collect();
+        for id in ids {
+            self.stop(id)?;
+        }
+        Ok(())
+    }
+
+    /// Starts every stopped or killed member again, with its data, and waits for a quorum
+    /// (members started one at a time by [`Ensemble::restart`] would each wait for one).
+    pub fn start_all(&mut self) -> Result<()> {
+        let stopped: Vec<u32> = self
+            .members
+            .values()
+            .filter(|m| m.child.is_none())
+            .map(|m| m.id)
+            .collect();
+        for id in stopped {
+            self.launch(id)?;
+        }
+        self.wait_quorum(Duration::from_secs(60))
     }
 
     /// Waits until every running member serves and one of them leads.

@@ -47,7 +47,22 @@ pub async fn deploy_leaving(world: &World, backend: &str) -> Deployed {
     deploy_spec(world, backend, |s| s.termination_hook = true).await
 }
 
+/// Deploys as [`deploy`] does, against `services` of the test's own (its own ZooKeeper
+/// ensemble, to stop without touching the other tests' clusters).
+pub async fn deploy_on(world: &World, services: &testbed::Services, backend: &str) -> Deployed {
+    deploy_spec_on(world, services, backend, |_| {}).await
+}
+
 async fn deploy_spec(world: &World, backend: &str, tweak: impl FnOnce(&mut Spec)) -> Deployed {
+    deploy_spec_on(world, testbed::shared(), backend, tweak).await
+}
+
+async fn deploy_spec_on(
+    world: &World,
+    services: &testbed::Services,
+    backend: &str,
+    tweak: impl FnOnce(&mut Spec),
+) -> Deployed {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut spec = Spec {
@@ -61,9 +76,7 @@ async fn deploy_spec(world: &World, backend: &str, tweak: impl FnOnce(&mut Spec)
         termination_hook: false,
     };
     tweak(&mut spec);
-    let cluster = Deployed::deploy(world, testbed::shared(), spec)
-        .await
-        .unwrap();
+    let cluster = Deployed::deploy(world, services, spec).await.unwrap();
     cluster
         .wait_serving(world, Duration::from_secs(120))
         .await
