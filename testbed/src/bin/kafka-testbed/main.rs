@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 mod bench;
+mod chaos;
 mod demo;
 mod heal;
+mod leave;
 
 use kafka_testbed::{self as testbed, cleanup};
 
@@ -89,6 +91,55 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         samples: usize,
     },
+    /// A replacement through the group with the termination hook against one without.
+    BenchLeave {
+        /// The claim backend: zookeeper or cloudwatch-logs.
+        #[arg(long, default_value = "zookeeper")]
+        backend: String,
+        #[arg(long, default_value_t = 5)]
+        samples: usize,
+        /// How long EC2 keeps a terminated instance's volumes and ENIs (seconds).
+        #[arg(long, default_value_t = 10.0)]
+        release_delay: f64,
+    },
+    /// A chaos run against the demo's cluster: random terminations, wedged and exited brokers,
+    /// ZooKeeper restarts and AWS fault windows from a seeded schedule (the same seed, the same
+    /// schedule), invariants checked every second and at the end; exits non-zero on a violation.
+    Chaos {
+        /// How long faults are injected (the heal and the end checks come after).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seeds the fault schedule.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The claim backend: zookeeper or cloudwatch-logs.
+        #[arg(long, default_value = "zookeeper")]
+        backend: String,
+        #[arg(long, default_value_t = 0.5)]
+        terminate_per_minute: f64,
+        #[arg(long, default_value_t = 0.5)]
+        wedge_per_minute: f64,
+        #[arg(long, default_value_t = 0.5)]
+        exit_per_minute: f64,
+        #[arg(long, default_value_t = 0.3)]
+        zk_restart_per_minute: f64,
+        /// AWS fault windows (throttling, 5xx, faults after the mutation, eventual
+        /// consistency) per minute, 10 to 30 s each, on the agents' calls.
+        #[arg(long, default_value_t = 0.5)]
+        aws_faults_per_minute: f64,
+        /// The share of the agents' AWS calls a fault window hits.
+        #[arg(long, default_value_t = 0.2)]
+        aws_fault_rate: f64,
+        /// The group's termination hook; the watchdogs leave cleanly on it.
+        #[arg(long)]
+        termination_hook: bool,
+        /// How long the end waits for the cluster to heal.
+        #[arg(long, default_value_t = 300)]
+        heal_seconds: u64,
+        /// Print the fault schedule and stop.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Check a release binary (scripts/release): static, stripped, at most 25 MB, runs in an
     /// empty root and resolves its AWS endpoint through DNS there; prints size and start-up time.
     CheckRelease { binary: std::path::PathBuf },
@@ -139,6 +190,40 @@ fn main() -> ExitCode {
         } => bench::attach(agent, delay, samples),
         Cmd::BenchBoot { agent, samples } => bench::boot(agent, samples),
         Cmd::BenchHeal { backend, samples } => heal::run(&backend, samples),
+        Cmd::BenchLeave {
+            backend,
+            samples,
+            release_delay,
+        } => leave::run(&backend, samples, release_delay),
+        Cmd::Chaos {
+            minutes,
+            seed,
+            backend,
+            terminate_per_minute,
+            wedge_per_minute,
+            exit_per_minute,
+            zk_restart_per_minute,
+            aws_faults_per_minute,
+            aws_fault_rate,
+            termination_hook,
+            heal_seconds,
+            dry_run,
+        } => chaos::run(chaos::Options {
+            minutes,
+            seed,
+            rates: chaos::Rates {
+                terminate: terminate_per_minute,
+                wedge: wedge_per_minute,
+                exit: exit_per_minute,
+                zk_restart: zk_restart_per_minute,
+                aws_faults: aws_faults_per_minute,
+            },
+            aws_fault_rate,
+            backend,
+            termination_hook,
+            heal_timeout: std::time::Duration::from_secs(heal_seconds),
+            dry_run,
+        }),
         Cmd::CheckRelease { binary } => {
             testbed::release::check(&binary).map(|r| testbed::release::print(&binary, &r))
         }
