@@ -27,14 +27,7 @@ fn autoscaling(world: &World) -> aws_sdk_autoscaling::Client {
 }
 
 fn read_json(world: &World, inst: &str, name: &str) -> serde_json::Value {
-    std::fs::read_to_string(
-        world
-            .host_dir(inst)
-            .join(format!("var/lib/kafka-agent/{name}.json")),
-    )
-    .ok()
-    .and_then(|t| serde_json::from_str(&t).ok())
-    .unwrap_or_default()
+    world.agent_journal(inst, name)
 }
 
 fn watch_log(world: &World, inst: &str) -> String {

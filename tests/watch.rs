@@ -34,10 +34,7 @@ fn start_watch(world: &World, inst: &str, watch: &str) -> tokio::process::Child 
 }
 
 fn journal(world: &World, inst: &str) -> serde_json::Value {
-    std::fs::read_to_string(world.host_dir(inst).join("var/lib/kafka-agent/watch.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or_default()
+    world.agent_journal(inst, "watch")
 }
 
 /// Waits until the watchdog on `inst` has seen its broker healthy.

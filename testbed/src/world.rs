@@ -298,6 +298,18 @@ impl World {
         host::dir(&self.dir, instance_id)
     }
 
+    /// The agent's journal `name` on a host (`var/lib/kafka-agent/<name>.json`), as JSON;
+    /// `Null` while it is missing or half-written.
+    pub fn agent_journal(&self, instance_id: &str, name: &str) -> serde_json::Value {
+        std::fs::read_to_string(
+            self.host_dir(instance_id)
+                .join(format!("var/lib/kafka-agent/{name}.json")),
+        )
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+    }
+
     /// The AWS endpoint as a host reaches it.
     pub fn aws_endpoint_for(&self, instance_id: &str) -> Result<String> {
         Ok(vpc::http_url(

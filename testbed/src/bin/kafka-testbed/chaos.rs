@@ -493,14 +493,7 @@ fn start_watch(
 }
 
 fn journal(world: &World, inst: &str, name: &str) -> serde_json::Value {
-    std::fs::read_to_string(
-        world
-            .host_dir(inst)
-            .join(format!("var/lib/kafka-agent/{name}.json")),
-    )
-    .ok()
-    .and_then(|t| serde_json::from_str(&t).ok())
-    .unwrap_or_default()
+    world.agent_journal(inst, name)
 }
 
 /// The run: the world, the cluster and what watches it.
