@@ -130,53 +130,44 @@ pub fn user_data(spec: &Spec, zk_connect: &str) -> String {
 
 /// The image's boot: its baked files and the project's units, in their systemd order.
 fn image(spec: &Spec) -> BootSpec {
-    let agent = spec.agent.to_string_lossy().into_owned();
-    let config = "{host}/etc/kafka-agent/agent.toml".to_string();
     BootSpec {
         baked: vec![("/etc/kafka-agent/agent.toml".into(), baked_config())],
-        units: vec![
-            // kafka-agent.service: oneshot, before kafka.service (which requires it).
-            Unit {
-                name: "kafka-agent".into(),
-                argv: vec![
-                    agent.clone(),
-                    "--config".into(),
-                    config.clone(),
-                    "boot".into(),
-                ],
-                oneshot: true,
-            },
-            // kafka.service: the stand-in broker, started as Kafka would be.
-            Unit {
-                name: "kafka".into(),
-                argv: vec![
-                    spec.standin.to_string_lossy().into_owned(),
-                    "--config".into(),
-                    "{host}/etc/kafka/server.properties".into(),
-                ],
-                oneshot: false,
-            },
-            // kafka-agent-signal.service: after kafka.service.
-            Unit {
-                name: "kafka-agent-signal".into(),
-                argv: vec![
-                    agent.clone(),
-                    "--config".into(),
-                    config.clone(),
-                    "signal".into(),
-                ],
-                oneshot: true,
-            },
-        ]
-        .into_iter()
-        // kafka-agent-watch.service: long-running, after kafka.service.
-        .chain(spec.termination_hook.then(|| Unit {
-            name: "kafka-agent-watch".into(),
-            argv: vec![agent, "--config".into(), config, "watch".into()],
-            oneshot: false,
-        }))
-        .collect(),
+        units: units(&spec.agent, &spec.standin, spec.termination_hook),
     }
+}
+
+/// The project's units as the image runs them, in their systemd order: kafka-agent.service
+/// (oneshot, before kafka.service, which requires it), kafka.service (the stand-in broker,
+/// started as Kafka would be), kafka-agent-signal.service (after kafka.service) and, with
+/// `watch`, kafka-agent-watch.service (long-running, after kafka.service).
+pub(crate) fn units(agent: &std::path::Path, standin: &std::path::Path, watch: bool) -> Vec<Unit> {
+    let agent_unit = |name: &str, command: &str, oneshot| Unit {
+        name: name.into(),
+        argv: vec![
+            agent.to_string_lossy().into_owned(),
+            "--config".into(),
+            "{host}/etc/kafka-agent/agent.toml".into(),
+            command.into(),
+        ],
+        oneshot,
+    };
+    let mut units = vec![
+        agent_unit("kafka-agent", "boot", true),
+        Unit {
+            name: "kafka".into(),
+            argv: vec![
+                standin.to_string_lossy().into_owned(),
+                "--config".into(),
+                "{host}/etc/kafka/server.properties".into(),
+            ],
+            oneshot: false,
+        },
+        agent_unit("kafka-agent-signal", "signal", true),
+    ];
+    if watch {
+        units.push(agent_unit("kafka-agent-watch", "watch", false));
+    }
+    units
 }
 
 impl Deployed {

@@ -32,7 +32,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Map, Value, json};
 
 use crate::aws::REGION;
-use crate::cloudinit::{BootSpec, Unit};
+use crate::cloudinit::BootSpec;
 use crate::cluster::{Broker, Deployed, Spec};
 use crate::{Services, World};
 
@@ -1027,18 +1027,6 @@ fn image(spec: &StackSpec) -> Result<BootSpec> {
         [storage]\ndata_dir = \"{host}/var/lib/kafka\"\nfstab = \"{host}/etc/fstab\"\n\
         sysfs_root = \"{host}/sys\"\ndev_root = \"{host}/dev\"\n\n\
         [kafka]\noutput = \"{host}/etc/kafka/server.properties\"\ngroup = \"root\"\n";
-    let agent = spec.agent.to_string_lossy().into_owned();
-    let config = "{host}/etc/kafka-agent/agent.toml".to_string();
-    let agent_unit = |name: &str, command: &str, oneshot| Unit {
-        name: name.into(),
-        argv: vec![
-            agent.clone(),
-            "--config".into(),
-            config.clone(),
-            command.into(),
-        ],
-        oneshot,
-    };
     Ok(BootSpec {
         baked: vec![
             ("/etc/kafka-agent/agent.toml".into(), baked),
@@ -1047,20 +1035,7 @@ fn image(spec: &StackSpec) -> Result<BootSpec> {
                 host.into(),
             ),
         ],
-        units: vec![
-            agent_unit("kafka-agent", "boot", true),
-            Unit {
-                name: "kafka".into(),
-                argv: vec![
-                    spec.standin.to_string_lossy().into_owned(),
-                    "--config".into(),
-                    "{host}/etc/kafka/server.properties".into(),
-                ],
-                oneshot: false,
-            },
-            agent_unit("kafka-agent-signal", "signal", true),
-            agent_unit("kafka-agent-watch", "watch", false),
-        ],
+        units: crate::cluster::units(&spec.agent, &spec.standin, true),
     })
 }
 
