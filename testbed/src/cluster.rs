@@ -170,6 +170,21 @@ pub(crate) fn units(agent: &std::path::Path, standin: &std::path::Path, watch: b
     units
 }
 
+/// Gives `group` the termination hook [`LEAVE_HOOK`] (300 s, DefaultResult CONTINUE).
+pub async fn put_leave_hook(autoscaling: &aws_sdk_autoscaling::Client, group: &str) -> Result<()> {
+    autoscaling
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(group)
+        .lifecycle_hook_name(LEAVE_HOOK)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
+        .heartbeat_timeout(300)
+        .default_result("CONTINUE")
+        .send()
+        .await
+        .context("PutLifecycleHook (termination)")?;
+    Ok(())
+}
+
 impl Deployed {
     /// Creates the resources, the stack, the group (which launches the brokers) and sets the
     /// world's image. Returns once the group exists; see [`Deployed::wait_serving`].
@@ -284,16 +299,7 @@ impl Deployed {
             .await
             .context("PutLifecycleHook")?;
         if spec.termination_hook {
-            autoscaling
-                .put_lifecycle_hook()
-                .auto_scaling_group_name(&group)
-                .lifecycle_hook_name(LEAVE_HOOK)
-                .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
-                .heartbeat_timeout(300)
-                .default_result("CONTINUE")
-                .send()
-                .await
-                .context("PutLifecycleHook (termination)")?;
+            put_leave_hook(&autoscaling, &group).await?;
         }
         autoscaling
             .set_desired_capacity()

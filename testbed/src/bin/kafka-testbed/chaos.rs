@@ -961,16 +961,10 @@ pub async fn run(opts: Options) -> Result<()> {
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     if opts.termination_hook {
-        aws_sdk_autoscaling::Client::new(&services.moto.sdk_config(&format!("{}-admin", world.id)))
-            .put_lifecycle_hook()
-            .auto_scaling_group_name(&cluster.group)
-            .lifecycle_hook_name(LEAVE_HOOK)
-            .lifecycle_transition("autoscaling:EC2_INSTANCE_TERMINATING")
-            .heartbeat_timeout(300)
-            .default_result("CONTINUE")
-            .send()
-            .await
-            .context("PutLifecycleHook (termination)")?;
+        let autoscaling = aws_sdk_autoscaling::Client::new(
+            &services.moto.sdk_config(&format!("{}-admin", world.id)),
+        );
+        kafka_testbed::cluster::put_leave_hook(&autoscaling, &cluster.group).await?;
     }
     cluster
         .wait_serving(&world, Duration::from_secs(180))
