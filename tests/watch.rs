@@ -77,6 +77,15 @@ async fn an_exited_broker_is_marked_unhealthy_and_replaced_with_its_id() {
         .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exited_broker_is_replaced_on_the_cloudwatch_logs_backend() {
+    a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
+        Failure::Exited,
+        "cloudwatch-logs",
+    )
+    .await;
+}
+
 async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
     failure: Failure,
     backend: &str,
@@ -100,6 +109,11 @@ async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
     );
     healthy_first(&world, &inst).await;
     let addr = format!("{}:9092", victim.ip);
+    // Records the failed broker holds: its successor serves them from the same volume.
+    for n in 0..3 {
+        let answer = ask_broker(&world, &other, &addr, &format!("APPEND orders w{n}")).unwrap();
+        assert!(answer[0].starts_with("OK"), "APPEND w{n}: {answer:?}");
+    }
     match failure {
         Failure::Hung => {
             let answer = ask_broker(&world, &other, &addr, "HANG").unwrap();
@@ -137,6 +151,14 @@ async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
         .wait_serving(&world, Duration::from_secs(120))
         .await
         .unwrap();
+    // wait_serving saw id 1 registered at its ENI's address again; that address serves the
+    // records written before the failure.
+    let read = ask_broker(&world, &other, &addr, "READ orders").unwrap();
+    assert_eq!(
+        read,
+        vec!["w0", "w1", "w2"],
+        "records after the replacement"
+    );
     let _ = watch.kill().await;
 }
 
