@@ -53,6 +53,17 @@ pub struct Spec {
     /// CONTINUE) and the image runs `kafka-agent watch` (kafka-agent-watch.service), which
     /// leaves cleanly when the group terminates its instance.
     pub termination_hook: bool,
+    /// `kafka-agent watch` runs on every broker (kafka-agent-watch.service) with these lines
+    /// added to the user data's `[watch]` (beside the termination hook's, when it is set):
+    /// e.g. a short `unhealthy_after_seconds` for a benchmark or the demo.
+    pub watch: Option<String>,
+}
+
+impl Spec {
+    /// Whether the image runs `kafka-agent watch`.
+    fn watching(&self) -> bool {
+        self.termination_hook || self.watch.is_some()
+    }
 }
 
 /// One broker id's resources.
@@ -109,11 +120,17 @@ pub fn user_data(spec: &Spec, zk_connect: &str) -> String {
         size = spec.azs.len(),
         deadline = spec.deadline_seconds,
         backend = spec.backend,
-        watch = if spec.termination_hook {
-            format!(
-                "\n[watch]\ntermination_hook = \"{LEAVE_HOOK}\"\nlifecycle_poll_seconds = 1\n\
-                 heartbeat_seconds = 2\n"
-            )
+        watch = if spec.watching() {
+            let hook = if spec.termination_hook {
+                format!(
+                    "termination_hook = \"{LEAVE_HOOK}\"\nlifecycle_poll_seconds = 1\n\
+                     heartbeat_seconds = 2\n"
+                )
+            } else {
+                String::new()
+            };
+            let extra = spec.watch.as_deref().unwrap_or_default().trim_end();
+            format!("\n[watch]\n{hook}{extra}\n")
         } else {
             String::new()
         },
@@ -132,7 +149,7 @@ pub fn user_data(spec: &Spec, zk_connect: &str) -> String {
 fn image(spec: &Spec) -> BootSpec {
     BootSpec {
         baked: vec![("/etc/kafka-agent/agent.toml".into(), baked_config())],
-        units: units(&spec.agent, &spec.standin, spec.termination_hook),
+        units: units(&spec.agent, &spec.standin, spec.watching()),
     }
 }
 
@@ -420,7 +437,7 @@ impl Deployed {
     }
 }
 
-/// One event of a heal, `at` after the terminate call.
+/// One event of a heal, `at` after the failure.
 #[derive(Debug, Clone)]
 pub struct Event {
     pub at: Duration,
@@ -434,12 +451,22 @@ fn unix_ms() -> u128 {
         .unwrap_or(0)
 }
 
-/// What the replacement of a terminated broker did, as seen from outside.
+/// How [`Deployed::fail_and_follow`] fails a broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Its instance is terminated (TerminateInstances, as EC2 loses an instance).
+    Terminated,
+    /// Its process wedges (`HANG`: its socket accepts, nothing answers, its registration
+    /// stays) on a running instance: only the watchdog sees it.
+    Wedged,
+}
+
+/// What the replacement of a failed broker did, as seen from outside.
 pub struct Heal {
     pub victim: String,
     pub replacement: Option<String>,
     pub events: Vec<Event>,
-    /// Terminate call until the replacement's broker registered at the id's address.
+    /// The failure until the replacement's broker registered at the id's address.
     pub registered_after: Option<Duration>,
     /// The agent's own share: its boot process's wall time on the replacement.
     pub agent_boot: Option<Duration>,
@@ -471,6 +498,21 @@ impl Deployed {
         id: u32,
         timeout: Duration,
     ) -> Result<Heal> {
+        self.fail_and_follow(world, signals, id, Failure::Terminated, timeout)
+            .await
+    }
+
+    /// Fails broker `id` as `failure` says and follows its replacement until the replacement's
+    /// broker is registered and its launch hook completed (or `timeout`). A wedged broker is
+    /// replaced only if its instance runs the watchdog ([`Spec::watch`]).
+    pub async fn fail_and_follow(
+        &self,
+        world: &World,
+        signals: &crate::aws::Moto,
+        id: u32,
+        failure: Failure,
+        timeout: Duration,
+    ) -> Result<Heal> {
         let victim = self
             .instance_of(world, id)
             .await?
@@ -481,17 +523,35 @@ impl Deployed {
         let host = self.brokers[id as usize].host.clone();
         let t0 = Instant::now();
         let t0_ms = unix_ms();
-        let mut events = vec![Event {
-            at: Duration::ZERO,
-            what: format!("terminate {victim} (broker {id}, {ip})"),
-        }];
-        world
-            .ec2
-            .terminate_instances()
-            .instance_ids(&victim)
-            .send()
-            .await
-            .context("TerminateInstances")?;
+        let mut events = Vec::new();
+        match failure {
+            Failure::Terminated => {
+                events.push(Event {
+                    at: Duration::ZERO,
+                    what: format!("terminate {victim} (broker {id}, {ip})"),
+                });
+                world
+                    .ec2
+                    .terminate_instances()
+                    .instance_ids(&victim)
+                    .send()
+                    .await
+                    .context("TerminateInstances")?;
+            }
+            Failure::Wedged => {
+                events.push(Event {
+                    at: Duration::ZERO,
+                    what: format!("wedge broker {id} on {victim} ({ip}): HANG"),
+                });
+                let from = before
+                    .iter()
+                    .find(|i| **i != victim)
+                    .context("no other instance to reach the broker from")?;
+                let answer = ask_broker(world, from, &format!("{ip}:9092"), "HANG")?;
+                anyhow::ensure!(answer == ["OK HANG"], "HANG answered {answer:?}");
+            }
+        }
+        let mut marked = false;
         let mut replacement: Option<String> = None;
         let mut registered_after = None;
         let mut signalled = false;
@@ -502,6 +562,20 @@ impl Deployed {
         let path = format!("/brokers/ids/{id}");
         let mut old_znode_gone = false;
         while t0.elapsed() < timeout && !(registered_after.is_some() && signalled) {
+            if failure == Failure::Wedged && !marked {
+                let watch = world.agent_journal(&victim, "watch");
+                // watch.json keeps the mark's time to the second.
+                if let Some(at) = watch["marked_unhealthy_unix"].as_u64() {
+                    marked = true;
+                    let at_ms = at as u128 * 1000;
+                    events.push(Event {
+                        at: Duration::from_millis(at_ms.saturating_sub(t0_ms) as u64),
+                        what: format!(
+                            "the watchdog on {victim} marked it Unhealthy (to the second)"
+                        ),
+                    });
+                }
+            }
             let now = self.instances().await.unwrap_or_default();
             if !seen_gone && !now.contains_key(&victim) {
                 seen_gone = true;

@@ -1354,6 +1354,7 @@ pub async fn deploy(world: &World, services: &Services, spec: StackSpec) -> Resu
             deadline_seconds: spec.deadline_seconds,
             launch_before_terminate: false,
             termination_hook: false,
+            watch: None,
         },
         group,
         stack: spec.name.clone(),

@@ -74,6 +74,7 @@ async fn deploy_spec_on(
         deadline_seconds: 120,
         launch_before_terminate: false,
         termination_hook: false,
+        watch: None,
     };
     tweak(&mut spec);
     let cluster = Deployed::deploy(world, services, spec).await.unwrap();

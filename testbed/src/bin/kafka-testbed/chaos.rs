@@ -958,6 +958,7 @@ pub async fn run(opts: Options) -> Result<()> {
         launch_before_terminate: false,
         // The run starts the watchdogs itself, with short settings (see `watch_settings`).
         termination_hook: false,
+        watch: None,
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     if opts.termination_hook {

@@ -2,12 +2,16 @@
 //! the demo does); broker 1's instance is terminated `samples` times, each time measured from
 //! the terminate call until the replacement's broker is registered at the id's address, with
 //! the agent's own share (its boot process on the replacement) beside it, and the testbed's
-//! health-check interval and AWS delays that make up most of the rest.
+//! health-check interval and AWS delays that make up most of the rest. With `--wedge` the
+//! broker's process is wedged instead (`HANG`: its socket accepts, nothing answers, EC2 sees a
+//! healthy instance) and `kafka-agent watch` runs on every broker, so each sample is the
+//! wedge until the replacement's broker registers: the watchdog's `unhealthy_after`, the
+//! group's replacement, the agent's boot.
 
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use kafka_testbed::cluster::{Deployed, Spec};
+use kafka_testbed::cluster::{Deployed, Failure, Spec};
 use kafka_testbed::{Services, World};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -30,8 +34,14 @@ async fn settings(services: &Services, scope: &str) -> Result<serde_json::Value>
     Ok(serde_json::from_str(&body)?)
 }
 
+/// The watchdog's settings with `--wedge`: checked every second, marked after 5 s of
+/// continuous failure, not within 10 s of its start.
+const WATCH: &str = "interval_seconds = 1\nunhealthy_after_seconds = 5\ngrace_period_seconds = 10\n\
+                     listener_timeout_seconds = 1";
+const GRACE: Duration = Duration::from_secs(10);
+
 #[tokio::main]
-pub async fn run(backend: &str, samples: usize) -> Result<()> {
+pub async fn run(backend: &str, samples: usize, wedge: bool) -> Result<()> {
     let dir = std::env::current_exe()?
         .parent()
         .context("this binary's directory")?
@@ -47,6 +57,7 @@ pub async fn run(backend: &str, samples: usize) -> Result<()> {
         deadline_seconds: 300,
         launch_before_terminate: false,
         termination_hook: false,
+        watch: wedge.then(|| WATCH.to_string()),
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     cluster
@@ -54,8 +65,16 @@ pub async fn run(backend: &str, samples: usize) -> Result<()> {
         .await?;
     let group = settings(&services, &format!("{}-admin", world.id)).await?;
     let agents = settings(&services, &world.scope).await?;
+    let (failure, what) = if wedge {
+        (
+            Failure::Wedged,
+            "wedged brokers (HANG; the watchdog: every 1 s, unhealthy after 5 s, grace 10 s)",
+        )
+    } else {
+        (Failure::Terminated, "terminations")
+    };
     println!(
-        "heal benchmark: {samples} terminations of broker 1 ({backend} claims); testbed: health-check \
+        "heal benchmark: {samples} {what} of broker 1 ({backend} claims); testbed: health-check \
          interval {} s, pending {} s, visible after {} s, shutting-down {} s, volumes released {} s \
          after termination, attach {} s",
         group["asg_health_check_interval"],
@@ -67,15 +86,25 @@ pub async fn run(backend: &str, samples: usize) -> Result<()> {
     );
     let (mut heal, mut agent) = (Vec::new(), Vec::new());
     for i in 0..samples {
+        if wedge {
+            // The replacement's watchdog past its grace period: the next wedge is seen.
+            tokio::time::sleep(GRACE + Duration::from_secs(2)).await;
+        }
         let h = cluster
-            .terminate_and_follow(&world, &services.moto, 1, Duration::from_secs(180))
+            .fail_and_follow(&world, &services.moto, 1, failure, Duration::from_secs(180))
             .await?;
         let took = h
             .registered_after
             .with_context(|| format!("sample {i}: broker 1 did not come back: {:?}", h.events))?;
         let own = h.agent_boot.unwrap_or_default();
+        let marked = h
+            .events
+            .iter()
+            .find(|e| e.what.contains("marked it Unhealthy"))
+            .map(|e| format!(", marked Unhealthy after {} (to the second)", s(e.at)))
+            .unwrap_or_default();
         println!(
-            "  {i:>2}: {} -> {}: registered after {}, the agent's boot {}",
+            "  {i:>2}: {} -> {}: registered after {}, the agent's boot {}{marked}",
             h.victim,
             h.replacement.as_deref().unwrap_or("?"),
             s(took),

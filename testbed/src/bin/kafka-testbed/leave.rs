@@ -164,6 +164,7 @@ async fn series(
         deadline_seconds: 300,
         launch_before_terminate: false,
         termination_hook: hook,
+        watch: None,
     };
     let cluster = Deployed::deploy(&world, services, spec).await?;
     settled(&world, &cluster, hook).await?;

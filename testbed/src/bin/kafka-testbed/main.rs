@@ -90,6 +90,10 @@ enum Cmd {
         backend: String,
         #[arg(long, default_value_t = 10)]
         samples: usize,
+        /// Wedge the broker's process (the watchdog replaces it) instead of terminating its
+        /// instance.
+        #[arg(long)]
+        wedge: bool,
     },
     /// A replacement through the group with the termination hook against one without.
     BenchLeave {
@@ -189,7 +193,11 @@ fn main() -> ExitCode {
             samples,
         } => bench::attach(agent, delay, samples),
         Cmd::BenchBoot { agent, samples } => bench::boot(agent, samples),
-        Cmd::BenchHeal { backend, samples } => heal::run(&backend, samples),
+        Cmd::BenchHeal {
+            backend,
+            samples,
+            wedge,
+        } => heal::run(&backend, samples, wedge),
         Cmd::BenchLeave {
             backend,
             samples,
