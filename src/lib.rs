@@ -24,6 +24,7 @@ pub mod claim;
 pub mod cli;
 pub mod config;
 pub mod deadline;
+pub mod ensemble;
 pub mod exit;
 pub mod journal;
 pub mod leave;

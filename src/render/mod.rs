@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use crate::config::{KafkaMode, ProcessRole, Quorum, Role, Settings};
 
 pub mod properties;
+pub mod zoo;
 
 /// The mode of the rendered file: the owner (root) writes, Kafka's group reads, no one else.
 pub const FILE_MODE: u32 = 0o640;
