@@ -164,11 +164,20 @@ async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nothing_is_marked_within_the_grace_period() {
+    nothing_is_marked_within_the_grace_period_on("zookeeper").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nothing_is_marked_within_the_grace_period_on_the_cloudwatch_logs_backend() {
+    nothing_is_marked_within_the_grace_period_on("cloudwatch-logs").await;
+}
+
+async fn nothing_is_marked_within_the_grace_period_on(backend: &str) {
     let _turn = CLUSTERS.acquire().await.unwrap();
     let world = World::create(testbed::shared(), &["a", "b", "c"])
         .await
         .unwrap();
-    let cluster = deploy(&world, "zookeeper").await;
+    let cluster = deploy(&world, backend).await;
     let victim = cluster.brokers[2].clone();
     let inst = cluster
         .instance_of(&world, victim.id)
