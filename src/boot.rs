@@ -54,6 +54,8 @@ pub struct Booted {
     pub mount: Option<serde_json::Value>,
     pub route: Option<serde_json::Value>,
     pub render: Option<RenderRecord>,
+    /// The ZooKeeper role's plan and files (`ensemble.json`).
+    pub ensemble: Option<crate::ensemble::step::Prepared>,
 }
 
 /// What the render step did (journalled as `render.json`).
@@ -360,11 +362,19 @@ async fn steps(
     } else {
         None
     };
+    let ensemble = if settings.cluster.role == Role::Zookeeper {
+        let volume = attach.volume.as_ref().map(|v| v.id.as_str());
+        let step = crate::ensemble::step::run(settings, &clients, &me, claim.id, volume, deadline);
+        Some(timed(j, "ensemble", step).await?)
+    } else {
+        None
+    };
     Ok(Booted {
         claim,
         attach,
         mount,
         route,
         render,
+        ensemble,
     })
 }

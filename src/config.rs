@@ -66,6 +66,19 @@ pub struct Settings {
     pub signal: SignalSettings,
     /// How `kafka-agent watch` judges the broker (`[watch]`).
     pub watch: WatchSettings,
+    /// The ZooKeeper server this node runs (`[ensemble]`, role zookeeper only).
+    pub ensemble: Option<EnsembleSettings>,
+}
+
+/// `[ensemble]`: the ZooKeeper server a node of role zookeeper runs, and how the agent speaks
+/// to the ensemble as its superuser (reconfig).
+#[derive(Debug, Clone, Serialize)]
+pub struct EnsembleSettings {
+    #[serde(flatten)]
+    pub server: crate::render::zoo::ServerSettings,
+    /// A file holding the ZooKeeper superuser's password (reconfig needs the superuser); the
+    /// agent renders its digest into zoo.cfg and authenticates with it.
+    pub superuser_password_file: PathBuf,
 }
 
 /// `[watch]`: the watchdog's pace, patience and bounds (`kafka-agent watch`).
@@ -426,6 +439,23 @@ struct Raw {
     signal: RawSignal,
     #[serde(default)]
     watch: RawWatch,
+    ensemble: Option<RawEnsemble>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnsemble {
+    conf_dir: Option<PathBuf>,
+    client_port: Option<i64>,
+    quorum_port: Option<i64>,
+    election_port: Option<i64>,
+    tick_time_ms: Option<i64>,
+    init_limit: Option<i64>,
+    sync_limit: Option<i64>,
+    four_letter_words: Option<Vec<String>>,
+    snap_retain_count: Option<i64>,
+    purge_interval_hours: Option<i64>,
+    superuser_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -942,7 +972,9 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     }
     let signal = validate_signal(raw.signal, err)?;
     let watch = validate_watch(raw.watch, err)?;
+    let ensemble = validate_ensemble(raw.ensemble, raw.cluster.role, backend, err)?;
     Ok(Settings {
+        ensemble,
         signal,
         watch,
         kafka,
@@ -972,6 +1004,134 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
         paths: Paths { state_dir },
         zookeeper,
     })
+}
+
+/// `[ensemble]`: required for role zookeeper, refused for kafka; a ZooKeeper node claims its
+/// myid through CloudWatch Logs (ZooKeeper cannot coordinate its own bootstrap).
+fn validate_ensemble(
+    raw: Option<RawEnsemble>,
+    role: Role,
+    backend: Backend,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<Option<EnsembleSettings>, ConfigError> {
+    let raw = match (role, raw) {
+        (Role::Kafka, None) => return Ok(None),
+        (Role::Kafka, Some(_)) => {
+            return Err(err(
+                "ensemble",
+                "is for role \"zookeeper\" only; this node's role is kafka".to_string(),
+            ));
+        }
+        (Role::Zookeeper, None) => {
+            return Err(err(
+                "ensemble",
+                "role \"zookeeper\" needs an [ensemble] table with `superuser_password_file`"
+                    .to_string(),
+            ));
+        }
+        (Role::Zookeeper, Some(r)) => r,
+    };
+    if backend != Backend::CloudwatchLogs {
+        return Err(err(
+            "claim.backend",
+            "role \"zookeeper\" claims its myid through \"cloudwatch-logs\": ZooKeeper cannot coordinate its own bootstrap"
+                .to_string(),
+        ));
+    }
+    let d = crate::render::zoo::ServerSettings::default();
+    let port = |key: &str, v: Option<i64>, default: u16| -> Result<u16, ConfigError> {
+        Ok(in_range(
+            &format!("ensemble.{key}"),
+            v.unwrap_or(default as i64),
+            1,
+            65_535,
+            err,
+        )? as u16)
+    };
+    let client_port = port("client_port", raw.client_port, d.client_port)?;
+    let quorum_port = port("quorum_port", raw.quorum_port, d.quorum_port)?;
+    let election_port = port("election_port", raw.election_port, d.election_port)?;
+    if client_port == quorum_port || client_port == election_port || quorum_port == election_port {
+        return Err(err(
+            "ensemble",
+            format!(
+                "client_port {client_port}, quorum_port {quorum_port} and election_port {election_port} must differ"
+            ),
+        ));
+    }
+    let absolute = |key: &str, p: PathBuf| -> Result<PathBuf, ConfigError> {
+        if p.is_absolute() {
+            Ok(p)
+        } else {
+            Err(err(
+                &format!("ensemble.{key}"),
+                format!("{} is relative; expected an absolute path", p.display()),
+            ))
+        }
+    };
+    let conf_dir = absolute("conf_dir", raw.conf_dir.unwrap_or(d.conf_dir))?;
+    let Some(password) = raw.superuser_password_file else {
+        return Err(err(
+            "ensemble.superuser_password_file",
+            "is required: reconfig needs ZooKeeper's superuser".to_string(),
+        ));
+    };
+    let superuser_password_file = absolute("superuser_password_file", password)?;
+    for word in raw.four_letter_words.iter().flatten() {
+        let ok = word == "*" || (word.len() == 4 && word.chars().all(|c| c.is_ascii_lowercase()));
+        if !ok {
+            return Err(err(
+                "ensemble.four_letter_words",
+                format!("{word:?} is not a four-letter word (or `*`)"),
+            ));
+        }
+    }
+    Ok(Some(EnsembleSettings {
+        server: crate::render::zoo::ServerSettings {
+            conf_dir,
+            client_port,
+            quorum_port,
+            election_port,
+            tick_time_ms: in_range(
+                "ensemble.tick_time_ms",
+                raw.tick_time_ms.unwrap_or(d.tick_time_ms as i64),
+                100,
+                60_000,
+                err,
+            )? as u32,
+            init_limit: in_range(
+                "ensemble.init_limit",
+                raw.init_limit.unwrap_or(d.init_limit as i64),
+                1,
+                1000,
+                err,
+            )? as u32,
+            sync_limit: in_range(
+                "ensemble.sync_limit",
+                raw.sync_limit.unwrap_or(d.sync_limit as i64),
+                1,
+                1000,
+                err,
+            )? as u32,
+            four_letter_words: raw.four_letter_words.unwrap_or_default(),
+            snap_retain_count: in_range(
+                "ensemble.snap_retain_count",
+                raw.snap_retain_count.unwrap_or(d.snap_retain_count as i64),
+                3,
+                1000,
+                err,
+            )? as u32,
+            purge_interval_hours: in_range(
+                "ensemble.purge_interval_hours",
+                raw.purge_interval_hours
+                    .unwrap_or(d.purge_interval_hours as i64),
+                0,
+                8760,
+                err,
+            )? as u32,
+        },
+        superuser_password_file,
+    }))
 }
 
 fn validate_kafka(
@@ -1645,6 +1805,52 @@ mod tests {
         assert_eq!(s.tags.parse_id("KAFKA-1x"), None);
         assert_eq!(s.tags.format_id(3), "KAFKA-3");
         assert_eq!(s.cluster.ids(), 0..=2);
+    }
+
+    #[test]
+    fn a_zookeeper_node_needs_its_ensemble_table_and_claims_through_cloudwatch_logs() {
+        let zk = BASE.replace("role = \"kafka\"", "role = \"zookeeper\"");
+        let ens = "[ensemble]\nsuperuser_password_file = \"/etc/kafka-agent/zk-super\"\n";
+        let e = parse(&[src("/etc/a.toml", &zk)]).unwrap_err();
+        assert!(e.message.contains(&format!("`{}`", "ensemble")), "{e}");
+        let s = parse(&[src("/etc/a.toml", &format!("{zk}{ens}"))]).unwrap();
+        let got = s.ensemble.unwrap();
+        assert_eq!(got.server.client_port, 2181);
+        assert_eq!(got.server.quorum_port, 2888);
+        assert_eq!(
+            got.superuser_password_file,
+            PathBuf::from("/etc/kafka-agent/zk-super")
+        );
+        // ZooKeeper cannot coordinate its own bootstrap.
+        let on_zk = format!(
+            "{}[zookeeper]\nconnect = \"zk:2181\"\n{ens}",
+            zk.replace("cloudwatch-logs", "zookeeper")
+        );
+        let e = parse(&[src("/etc/a.toml", &on_zk)]).unwrap_err();
+        assert!(e.message.contains(&format!("`{}`", "claim.backend")), "{e}");
+        // Bad values are named.
+        for (bad, key) in [
+            ("client_port = 2888\n", "ensemble"),
+            ("quorum_port = 70000\n", "ensemble.quorum_port"),
+            ("conf_dir = \"conf\"\n", "ensemble.conf_dir"),
+            (
+                "four_letter_words = [\"stat\", \"dump!\"]\n",
+                "ensemble.four_letter_words",
+            ),
+            ("snap_retain_count = 2\n", "ensemble.snap_retain_count"),
+        ] {
+            let e = parse(&[src("/etc/a.toml", &format!("{zk}{ens}{bad}"))]).unwrap_err();
+            assert!(e.message.contains(&format!("`{key}`")), "{bad}: {e}");
+        }
+        let e = parse(&[src("/etc/a.toml", &format!("{zk}[ensemble]\n"))]).unwrap_err();
+        assert!(
+            e.message
+                .contains(&format!("`{}`", "ensemble.superuser_password_file")),
+            "{e}"
+        );
+        // A broker has no [ensemble].
+        let e = parse(&[src("/etc/a.toml", &format!("{BASE}{ens}"))]).unwrap_err();
+        assert!(e.message.contains(&format!("`{}`", "ensemble")), "{e}");
     }
 
     #[test]

@@ -34,6 +34,10 @@ pub const TIMEOUT: i32 = 9;
 /// FAILURE was sent.
 pub const NOT_READY: i32 = 10;
 
+/// A ZooKeeper node found no quorum to join and no fresh ensemble to start (members hold
+/// data, or are absent) until the deadline (`ensemble_waits`): nothing was wiped or started.
+pub const ENSEMBLE_WAITS: i32 = 11;
+
 /// Maps an error chain to the exit code it deserves.
 pub fn code_for(err: &anyhow::Error) -> i32 {
     use crate::claim::ClaimError;
@@ -47,6 +51,9 @@ pub fn code_for(err: &anyhow::Error) -> i32 {
         }
         if e.is::<crate::signal::NotReady>() {
             return NOT_READY;
+        }
+        if e.is::<crate::ensemble::step::Waits>() {
+            return ENSEMBLE_WAITS;
         }
         if e.is::<crate::config::ConfigError>()
             || e.is::<crate::aws::region::RegionMismatch>()
@@ -83,6 +90,9 @@ pub fn kind_for(err: &anyhow::Error) -> &'static str {
         }
         if let Some(n) = e.downcast_ref::<crate::signal::NotReady>() {
             return n.kind();
+        }
+        if e.is::<crate::ensemble::step::Waits>() {
+            return "ensemble_waits";
         }
         if e.is::<crate::config::ConfigError>() {
             return "invalid_config";

@@ -351,6 +351,7 @@ pub(crate) fn peer_port(settings: &Settings) -> Option<u16> {
 async fn serving(
     settings: &Settings,
     zk: &mut Option<zookeeper_client::Client>,
+    joining: &mut crate::ensemble::step::Joining,
     id: u32,
     address: IpAddr,
     until: Instant,
@@ -360,7 +361,12 @@ async fn serving(
         settings.cluster.role,
         settings.kafka.as_ref().map(|k| k.mode),
     ) {
-        (Role::Zookeeper, _) => None,
+        (Role::Zookeeper, _) => Some(
+            match crate::ensemble::step::voting_member(settings, joining, address).await {
+                None => Ok(()),
+                Some(why) => Err(why),
+            },
+        ),
         (Role::Kafka, Some(KafkaMode::Kraft)) => {
             let Some(port) = peer_port(settings) else {
                 return Some("[kafka] names no listener to connect to".into());
@@ -445,7 +451,9 @@ async fn serving(
 /// Waits (bounded by `[signal] ready_timeout_seconds` and the deadline) until the broker
 /// serves: zookeeper mode, `/brokers/ids/<id>` exists and its endpoints include this node's
 /// advertised address; kraft, the advertised listener accepts TCP connections (plus the
-/// optional `[signal] ready_command`). A ZooKeeper node has only the command. Err of
+/// optional `[signal] ready_command`). A ZooKeeper node serves once it is a voting member in
+/// sync ([`crate::ensemble::step::voting_member`], which adds it by reconfig when its boot's
+/// plan says so). Err of
 /// [`NotReady`] (kind `not_ready`) on timeout.
 pub async fn wait_ready(
     settings: &Settings,
@@ -455,15 +463,13 @@ pub async fn wait_ready(
 ) -> Result<()> {
     let started = Instant::now();
     let until = deadline.min(started + settings.signal.ready_timeout);
-    if settings.cluster.role == Role::Zookeeper && settings.signal.ready_command.is_none() {
-        tracing::info!("a ZooKeeper node without [signal] ready_command: ready once started");
-    }
     let mut backoff =
         crate::backoff::Backoff::new(Duration::from_millis(200), Duration::from_secs(2), until);
     let mut zk = None;
+    let mut joining = crate::ensemble::step::Joining::default();
     let mut last = String::new();
     loop {
-        match serving(settings, &mut zk, id, address, until).await {
+        match serving(settings, &mut zk, &mut joining, id, address, until).await {
             None => {
                 tracing::info!(broker_id = id, address = %address, waited_ms = started.elapsed().as_millis() as u64, "serving");
                 return Ok(());
@@ -572,7 +578,12 @@ pub async fn run(
     })
     .await;
     match ready {
-        Ok(()) => deliver(settings, clients, me, &targets, &Outcome::Success, deadline).await,
+        Ok(()) => {
+            if settings.cluster.role == Role::Zookeeper {
+                crate::ensemble::step::mark_member(settings, clients, deadline).await;
+            }
+            deliver(settings, clients, me, &targets, &Outcome::Success, deadline).await
+        }
         Err(e) => {
             let outcome = Outcome::Failure {
                 kind: kind_of(&e),

@@ -11,6 +11,7 @@
 //! any member may hold data (that would fork the ensemble's history).
 
 pub mod fourlw;
+pub mod step;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

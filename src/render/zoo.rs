@@ -49,7 +49,7 @@ pub const DYNAMIC_FILE: &str = "zoo.cfg.dynamic";
 pub const MYID_FILE: &str = "myid";
 
 /// The ZooKeeper server's settings (the role's configuration section).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ServerSettings {
     /// Where zoo.cfg and the dynamic files live; ZooKeeper must be able to write there.
     pub conf_dir: PathBuf,
