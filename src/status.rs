@@ -280,6 +280,36 @@ pub struct Report {
     /// Added in version 1 without a bump: absent from older agents' reports.
     #[serde(default)]
     pub watch: WatchStatus,
+    /// A ZooKeeper node's server and ensemble (role zookeeper only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensemble: Option<EnsembleStatus>,
+}
+
+/// A ZooKeeper node: the boot's plan (`ensemble.json`) and what its server says now.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EnsembleStatus {
+    /// ok: a voting member (leader or follower) of a serving ensemble; degraded: the server
+    /// runs but is not (yet) a voting member, or the boot's plan is to wait; failed: the server
+    /// does not answer.
+    pub state: Option<State>,
+    /// join | bootstrap | resume | wait: what the last boot decided.
+    pub plan: Option<String>,
+    /// Why it waits (or why no quorum served when it resumed).
+    pub reason: Option<String>,
+    pub reason_kind: Option<String>,
+    /// leader | follower | observer | standalone | read-only, or what the server answered.
+    pub mode: Option<String>,
+    /// The last zxid the server processed (hex).
+    pub zxid: Option<String>,
+    /// This server is a participant of the membership it knows.
+    pub voting: Option<bool>,
+    /// The voting members, and how many make a quorum.
+    pub voters: Option<u32>,
+    pub quorum_size: Option<u32>,
+    /// The membership as the server knows it: `server.N=` lines.
+    pub members: Vec<String>,
+    /// The configuration version (hex).
+    pub config_version: Option<String>,
 }
 
 /// The journal as read: each file parsed, or the reason it could not be.
@@ -454,6 +484,12 @@ pub async fn collect(settings: &Settings) -> Report {
         &mut problem,
     );
 
+    let ensemble = if settings.cluster.role == crate::config::Role::Zookeeper {
+        Some(ensemble_status(settings, &j, &mut problem).await)
+    } else {
+        None
+    };
+
     let health = assess(never, j.boot.as_ref(), &problems);
     Report {
         version: VERSION,
@@ -470,7 +506,97 @@ pub async fn collect(settings: &Settings) -> Report {
         service,
         last_boot: j.boot,
         watch,
+        ensemble,
     }
+}
+
+/// The ZooKeeper node's view: the plan from `ensemble.json`, and `srvr` and `conf` of its
+/// server on the ENI's address (or the loopback without one).
+async fn ensemble_status(
+    settings: &Settings,
+    j: &Journals,
+    problem: &mut impl FnMut(&str, State, String),
+) -> EnsembleStatus {
+    use crate::ensemble::fourlw::{self, Answer};
+    let mut out = EnsembleStatus::default();
+    let prepared: Option<crate::ensemble::step::Prepared> =
+        crate::journal::read_if_any(&settings.paths.state_dir, "ensemble")
+            .ok()
+            .flatten();
+    if let Some(p) = &prepared {
+        out.plan = Some(p.plan.clone());
+        out.reason = p.reason.clone();
+        out.reason_kind = p.reason_kind.clone();
+    }
+    let Some(ens) = settings.ensemble.as_ref() else {
+        return out;
+    };
+    let host = eni_from(j.attach.as_ref())
+        .and_then(|(_, ips)| ips.first().and_then(|ip| ip.parse().ok()))
+        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+    let at = std::net::SocketAddr::new(host, ens.server.client_port);
+    let timeout = std::time::Duration::from_secs(1);
+    let (srvr, conf) = tokio::join!(fourlw::srvr(at, timeout), fourlw::conf(at, timeout));
+    let waits = prepared.as_ref().is_some_and(|p| p.plan == "wait");
+    match &srvr {
+        Answer::Serving(s) => {
+            out.mode = Some(format!("{:?}", s.mode).to_lowercase());
+            out.zxid = Some(format!("0x{:x}", s.zxid));
+        }
+        other => {
+            out.mode = Some(match other {
+                Answer::NotServing => "not serving (no quorum)".into(),
+                Answer::Refused => "not running".into(),
+                Answer::TimedOut => "no answer".into(),
+                Answer::Failed(e) => e.clone(),
+                Answer::Serving(_) => unreachable!(),
+            });
+        }
+    }
+    if let Ok(c) = &conf
+        && let Some(config) = &c.config
+    {
+        out.voting = Some(c.is_voter());
+        let voters = config.membership.voters().len() as u32;
+        out.voters = Some(voters);
+        out.quorum_size = Some(voters / 2 + 1);
+        out.members = config
+            .membership
+            .members()
+            .map(crate::render::zoo::server_line)
+            .collect();
+        out.config_version = Some(format!("{:x}", config.version));
+    }
+    let serving_voter = matches!(&srvr, Answer::Serving(s) if matches!(s.mode, fourlw::Mode::Leader | fourlw::Mode::Follower))
+        && out.voting == Some(true);
+    let state = if serving_voter {
+        State::Ok
+    } else if waits || matches!(srvr, Answer::NotServing | Answer::Serving(_)) {
+        State::Degraded
+    } else {
+        State::Failed
+    };
+    out.state = Some(state);
+    if state != State::Ok {
+        let why = match (&prepared, waits) {
+            (Some(p), true) => format!(
+                "the ensemble waits [{}]: {}",
+                p.reason_kind.as_deref().unwrap_or("?"),
+                p.reason.as_deref().unwrap_or("?")
+            ),
+            _ => format!(
+                "the ZooKeeper server at {at} is {}{}",
+                out.mode.as_deref().unwrap_or("?"),
+                if out.voting == Some(false) {
+                    ", not a voting member"
+                } else {
+                    ""
+                }
+            ),
+        };
+        problem("ensemble", state, why);
+    }
+    out
 }
 
 fn now_unix() -> u64 {
@@ -1396,6 +1522,32 @@ pub fn human(r: &Report) -> String {
             None => "not checked".into(),
         },
     );
+    if let Some(e) = &r.ensemble {
+        line(
+            "ensemble",
+            format!(
+                "{} (zxid {}), {}; {} of {} voters make a quorum; plan {}{}: {}",
+                opt(&e.mode),
+                opt(&e.zxid),
+                match e.voting {
+                    Some(true) => "a voting member",
+                    Some(false) => "not a voting member",
+                    None => "membership unknown",
+                },
+                opt(&e.quorum_size),
+                opt(&e.voters),
+                opt(&e.plan),
+                e.reason
+                    .as_deref()
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default(),
+                state(e.state),
+            ),
+        );
+        for m in &e.members {
+            line("", format!("  {m}"));
+        }
+    }
     let w = &r.watch;
     line(
         "watch",
@@ -1945,6 +2097,7 @@ mod tests {
                 }),
                 ..Default::default()
             },
+            ensemble: None,
         };
         let h = human(&r);
         for want in [
