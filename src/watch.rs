@@ -965,8 +965,8 @@ async fn mark(
 /// Returns Ok on SIGTERM (after a leave in progress), an error only on a problem it cannot
 /// watch through (a role it does not watch).
 pub async fn run(settings: &Settings) -> Result<()> {
-    if settings.cluster.role != Role::Kafka {
-        bail!("kafka-agent watch watches a Kafka broker; this node's role is zookeeper");
+    if settings.cluster.role == Role::Zookeeper {
+        return crate::ensemble::watch::run(settings).await;
     }
     let w = &settings.watch;
     let policy = Policy {

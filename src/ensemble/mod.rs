@@ -12,6 +12,7 @@
 
 pub mod fourlw;
 pub mod step;
+pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

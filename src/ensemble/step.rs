@@ -92,6 +92,16 @@ fn answer_text(a: &Answer) -> String {
 /// ZooKeeper's superuser digest, `base64(sha1("super:<password>"))`, of the password in
 /// `path` (its first line).
 pub fn super_digest(path: &Path) -> Result<SuperDigest> {
+    let password = superuser_password(path)?;
+    let sha = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
+        format!("super:{password}").as_bytes(),
+    );
+    SuperDigest::from_precomputed(&base64(sha.as_ref()))
+}
+
+/// The ZooKeeper superuser's password: the first line of the file at `path`.
+pub fn superuser_password(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading the superuser password {}", path.display()))?;
     let password = text.lines().next().unwrap_or("").trim_end();
@@ -100,11 +110,7 @@ pub fn super_digest(path: &Path) -> Result<SuperDigest> {
         "{} holds no superuser password",
         path.display()
     );
-    let sha = aws_lc_rs::digest::digest(
-        &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
-        format!("super:{password}").as_bytes(),
-    );
-    SuperDigest::from_precomputed(&base64(sha.as_ref()))
+    Ok(password.to_string())
 }
 
 /// Standard base64 with padding.
@@ -144,7 +150,7 @@ fn peer_data(tags: &BTreeMap<String, String>, state_tag: &str, holder: Option<&s
 }
 
 /// One look at the ensemble.
-async fn observe(
+pub(crate) async fn observe(
     settings: &Settings,
     ens: &EnsembleSettings,
     clients: &Clients,
@@ -469,9 +475,7 @@ async fn add_self(
     address: IpAddr,
     local: SocketAddr,
 ) -> Result<()> {
-    let password = std::fs::read_to_string(&ens.superuser_password_file)
-        .with_context(|| format!("reading {}", ens.superuser_password_file.display()))?;
-    let password = password.lines().next().unwrap_or("").trim_end().to_string();
+    let password = superuser_password(&ens.superuser_password_file)?;
     let me = ens.server.member(myid, address);
     let line = zoo::server_line(&me);
     let work = async {
