@@ -20,6 +20,7 @@ pub mod blackhole;
 pub mod cleanup;
 pub mod cloudinit;
 pub mod cluster;
+pub mod ensemble;
 pub mod host;
 pub mod http;
 pub mod hypervisor;

@@ -16,10 +16,19 @@ use super::process;
 /// The superuser's password in every testbed ensemble (`super:kafka-testbed`).
 pub const SUPER_PASSWORD: &str = "kafka-testbed";
 /// base64(sha1("super:kafka-testbed")), as ZooKeeper's superDigest wants it.
-const SUPER_DIGEST: &str = "super:CGTPitvsvKIEYBk3UBo6tRBYsEM=";
+pub const SUPER_DIGEST: &str = "super:CGTPitvsvKIEYBk3UBo6tRBYsEM=";
 
-const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar:\
+/// The Debian package's jars a server or `ZooKeeperMain` runs with.
+pub(crate) const CLASSPATH: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/zookeeper-jute.jar:\
 /usr/share/java/slf4j-api.jar:/usr/share/java/slf4j-simple.jar:/usr/share/java/netty-all.jar";
+
+/// The JVM's flags for a testbed server: a small heap, a quick start, warnings only.
+pub(crate) const JAVA_FLAGS: [&str; 4] = [
+    "-Xmx256m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+];
 
 /// One member of an ensemble.
 pub struct Member {
@@ -95,23 +104,18 @@ impl Ensemble {
         let m = self.members.get_mut(&id).context("no such member")?;
         let (out, err) = process::log_file(&m.dir.join("server.log"))?;
         let mut cmd = Command::new("java");
-        cmd.args([
-            "-Xmx256m",
-            "-XX:+UseSerialGC",
-            "-XX:TieredStopAtLevel=1",
-            "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
-        ])
-        .arg(format!(
-            "-Dzookeeper.DigestAuthenticationProvider.superDigest={SUPER_DIGEST}"
-        ))
-        .args([
-            "-cp",
-            CLASSPATH,
-            "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-        ])
-        .arg(m.dir.join("zoo.cfg"))
-        .stdout(out)
-        .stderr(err);
+        cmd.args(JAVA_FLAGS)
+            .arg(format!(
+                "-Dzookeeper.DigestAuthenticationProvider.superDigest={SUPER_DIGEST}"
+            ))
+            .args([
+                "-cp",
+                CLASSPATH,
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+            ])
+            .arg(m.dir.join("zoo.cfg"))
+            .stdout(out)
+            .stderr(err);
         m.child = Some(process::spawn_tied(cmd)?);
         Ok(())
     }
