@@ -129,3 +129,170 @@ async fn three_fresh_instances_form_an_ensemble_and_a_replaced_member_rejoins_wi
     assert!(got.lines().any(|l| l.trim() == "before"), "{got}");
     all_healthy(&world, &ens).await;
 }
+
+/// The watchdog's settings for the tests: quick to look, slow to mark.
+const WATCH: &str = "interval_seconds = 1\nunhealthy_after_seconds = 60\ngrace_period_seconds = 60";
+
+/// `srvr`'s `Node count:` of member `myid`, asked from `from`.
+async fn node_count(world: &World, ens: &DeployedEnsemble, from: &str, myid: u32) -> Option<u64> {
+    let reply = ens.srvr(world, from, myid).await.ok()??;
+    reply
+        .lines()
+        .find_map(|l| l.strip_prefix("Node count:"))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// A replacement whose volume is blank (the old one lost; a new volume tagged for myid 2, and
+/// `new`) joins by reconfig (the leader's watchdog removed the gone member) and syncs from the
+/// leader: its server holds the znodes written before it existed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replacement_with_a_blank_volume_joins_by_reconfig_and_syncs_from_the_leader() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let name = "zk-blank";
+    let ens = deploy(&world, name, |s| s.watch = Some(WATCH.into())).await;
+    let claims = ens.claims(&world).await.unwrap();
+    let from = claims[&1].clone();
+    for n in 0..5 {
+        ens.zk_cli(&world, &from, &["create", &format!("/kept{n}"), "before"])
+            .await
+            .unwrap();
+    }
+    // Member 2's volume is lost: its tags retired, a new blank volume for myid 2 in its AZ.
+    let old = ens.member(2).unwrap().clone();
+    world
+        .ec2
+        .delete_tags()
+        .resources(&old.volume)
+        .tags(
+            aws_sdk_ec2::types::Tag::builder()
+                .key("kafka-agent:id")
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let blank = world
+        .create_volume(
+            &old.az,
+            1,
+            &[
+                ("kafka-agent:cluster", name),
+                ("kafka-agent:role", "zookeeper"),
+                ("kafka-agent:id", "2"),
+                ("kafka-agent:volume", "new"),
+            ],
+        )
+        .await
+        .unwrap();
+    let victim = ens.terminate(&world, 2).await.unwrap();
+    let replacement = successor(&world, &ens, 2, &victim).await;
+    if let Err(e) = ens.wait_quorum(&world, 3, QUORUM).await {
+        panic!("{e:#}");
+    }
+    let attach = world.agent_journal(&replacement, "attach");
+    assert_eq!(
+        attach["volume"]["id"].as_str(),
+        Some(blank.as_str()),
+        "{attach}"
+    );
+    let j = world.agent_journal(&replacement, "ensemble");
+    assert_eq!(j["plan"], "join", "{j}");
+    assert_eq!(j["holds_data"], false, "{j}");
+    // Removed by the leader's watchdog once its instance was gone, then added back by the
+    // replacement's reconfig.
+    let removed: Vec<serde_json::Value> = claims
+        .values()
+        .filter(|i| **i != victim)
+        .map(|i| world.agent_journal(i, "ensemble-watch"))
+        .collect();
+    assert!(
+        removed.iter().any(|w| w["removed"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|e| e[0] == 2))),
+        "{removed:#?}"
+    );
+    assert_eq!(j["add"], true, "{j}");
+    // Synced: its server holds what the leader holds.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mine = node_count(&world, &ens, &replacement, 2).await;
+        let leader = node_count(&world, &ens, &replacement, 1).await;
+        if mine.is_some() && mine == leader {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "member 2 {mine:?} znodes, member 1 {leader:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    all_healthy(&world, &ens).await;
+}
+
+/// Kills the ZooKeeper server of member `myid` (its instance keeps running).
+fn kill_server(world: &World, inst: &str) {
+    let cfg = world.host_dir(inst).join("etc/zookeeper/conf/zoo.cfg");
+    let out = std::process::Command::new("pkill")
+        .args(["-KILL", "-f"])
+        .arg(format!("QuorumPeerMain {}", cfg.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "no ZooKeeper server to kill on {inst}"
+    );
+}
+
+/// Two of three members down: the member that restarts neither wipes its data nor starts a
+/// new ensemble (its server does not serve alone), and `status` says why; when the others
+/// return, the ensemble is whole with its data.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_two_of_three_down_a_restarted_member_waits_and_the_ensemble_comes_back_whole() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let ens = deploy(&world, "zk-down", |_| {}).await;
+    let claims = ens.claims(&world).await.unwrap();
+    ens.zk_cli(&world, &claims[&1], &["create", "/kept", "before"])
+        .await
+        .unwrap();
+    // Members 2 and 3's servers go down; member 1 restarts (a reboot: its boot runs again).
+    kill_server(&world, &claims[&2]);
+    kill_server(&world, &claims[&3]);
+    world.reboot(&claims[&1]).await.unwrap();
+    let one = &claims[&1];
+    // Its boot resumes on its data (nothing wiped) and its server waits for a quorum.
+    let until = Instant::now() + Duration::from_secs(60);
+    let (code, out) = loop {
+        let j = world.agent_journal(one, "ensemble");
+        let (code, out) = status(&world, one).await;
+        if j["plan"] == "resume" && out.contains("not serving") {
+            break (code, out);
+        }
+        assert!(Instant::now() < until, "{j}\n{out}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no quorum"), "{out}");
+    let j = world.agent_journal(one, "ensemble");
+    assert_eq!(j["holds_data"], true, "{j}");
+    // It stays so: no new ensemble of one.
+    for _ in 0..10 {
+        let srvr = ens.srvr(&world, one, 1).await.unwrap().unwrap_or_default();
+        assert!(srvr.contains("not currently serving"), "{srvr}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // The others return: whole, with the data.
+    world.reboot(&claims[&2]).await.unwrap();
+    world.reboot(&claims[&3]).await.unwrap();
+    if let Err(e) = ens.wait_quorum(&world, 3, QUORUM).await {
+        panic!("{e:#}");
+    }
+    let got = ens.zk_cli(&world, one, &["get", "/kept"]).await.unwrap();
+    assert!(got.lines().any(|l| l.trim() == "before"), "{got}");
+    all_healthy(&world, &ens).await;
+}

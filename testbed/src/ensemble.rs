@@ -58,6 +58,10 @@ pub struct EnsembleSpec {
     /// scale-out where every new instance finds a myid in its AZ needs as many spare myids
     /// per AZ as it adds instances per AZ (3 AZs to 5 members: 6).
     pub max_members: u32,
+    /// `kafka-agent watch` runs on every member (kafka-agent-watch.service) with these
+    /// `[watch]` settings: it removes members whose instances are gone and marks a failed
+    /// member only while the others keep a quorum.
+    pub watch: Option<String>,
 }
 
 impl EnsembleSpec {
@@ -69,6 +73,7 @@ impl EnsembleSpec {
             agent: agent.into(),
             deadline_seconds: 120,
             max_members: azs.len() as u32,
+            watch: None,
         }
     }
 
@@ -113,10 +118,15 @@ pub fn settings(spec: &EnsembleSpec) -> String {
          [boot]\ndeadline_seconds = {deadline}\n\n\
          [claim]\nbackend = \"cloudwatch-logs\"\n\n\
          [signal]\nlifecycle_hook = \"{HOOK}\"\nready_timeout_seconds = 120\n\n\
-         [ensemble]\nclient_port = {CLIENT_PORT}\n",
+         [ensemble]\nclient_port = {CLIENT_PORT}\n{watch}",
         name = spec.name,
         size = spec.size(),
         deadline = spec.deadline_seconds,
+        watch = spec
+            .watch
+            .as_deref()
+            .map(|w| format!("\n[watch]\n{}\n", w.trim_end()))
+            .unwrap_or_default(),
     )
 }
 
@@ -158,14 +168,15 @@ pub fn image(spec: &EnsembleSpec) -> BootSpec {
                 format!("{SUPER_PASSWORD}\n"),
             ),
         ],
-        units: units(&spec.agent),
+        units: units(&spec.agent, spec.watch.is_some()),
     }
 }
 
 /// The units as the image runs them, in their systemd order: kafka-agent.service (oneshot:
 /// claim, attach, mount, route, render), zookeeper.service (the real server on the rendered
-/// zoo.cfg, long-running) and kafka-agent-signal.service (oneshot).
-pub fn units(agent: &std::path::Path) -> Vec<Unit> {
+/// zoo.cfg, long-running), kafka-agent-signal.service (oneshot) and, with `watch`,
+/// kafka-agent-watch.service (long-running).
+pub fn units(agent: &std::path::Path, watch: bool) -> Vec<Unit> {
     let agent_unit = |name: &str, command: &str| Unit {
         name: name.into(),
         argv: vec![
@@ -186,7 +197,7 @@ pub fn units(agent: &std::path::Path) -> Vec<Unit> {
         "org.apache.zookeeper.server.quorum.QuorumPeerMain".into(),
         format!("{CONF_DIR}/zoo.cfg"),
     ]);
-    vec![
+    let mut units = vec![
         agent_unit("kafka-agent", "boot"),
         Unit {
             name: "zookeeper".into(),
@@ -194,7 +205,14 @@ pub fn units(agent: &std::path::Path) -> Vec<Unit> {
             oneshot: false,
         },
         agent_unit("kafka-agent-signal", "signal"),
-    ]
+    ];
+    if watch {
+        units.push(Unit {
+            oneshot: false,
+            ..agent_unit("kafka-agent-watch", "watch")
+        });
+    }
+    units
 }
 
 impl DeployedEnsemble {
