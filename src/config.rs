@@ -79,6 +79,10 @@ pub struct EnsembleSettings {
     /// A file holding the ZooKeeper superuser's password (reconfig needs the superuser); the
     /// agent renders its digest into zoo.cfg and authenticates with it.
     pub superuser_password_file: PathBuf,
+    /// The myids 1..=initial_size start a fresh ensemble together (each waits for all of
+    /// them); myids above it (up to `cluster.size`, the most the group may run) join a
+    /// serving ensemble by reconfig.
+    pub initial_size: u32,
 }
 
 /// `[watch]`: the watchdog's pace, patience and bounds (`kafka-agent watch`).
@@ -456,6 +460,7 @@ struct RawEnsemble {
     snap_retain_count: Option<i64>,
     purge_interval_hours: Option<i64>,
     superuser_password_file: Option<PathBuf>,
+    initial_size: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -972,7 +977,7 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     }
     let signal = validate_signal(raw.signal, err)?;
     let watch = validate_watch(raw.watch, err)?;
-    let ensemble = validate_ensemble(raw.ensemble, raw.cluster.role, backend, err)?;
+    let ensemble = validate_ensemble(raw.ensemble, raw.cluster.role, backend, size, err)?;
     Ok(Settings {
         ensemble,
         signal,
@@ -1012,6 +1017,7 @@ fn validate_ensemble(
     raw: Option<RawEnsemble>,
     role: Role,
     backend: Backend,
+    size: u32,
     err: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Option<EnsembleSettings>, ConfigError> {
     let raw = match (role, raw) {
@@ -1131,6 +1137,13 @@ fn validate_ensemble(
             )? as u32,
         },
         superuser_password_file,
+        initial_size: in_range(
+            "ensemble.initial_size",
+            raw.initial_size.unwrap_or(size as i64),
+            1,
+            size as i64,
+            err,
+        )? as u32,
     }))
 }
 
@@ -1838,6 +1851,7 @@ mod tests {
                 "ensemble.four_letter_words",
             ),
             ("snap_retain_count = 2\n", "ensemble.snap_retain_count"),
+            ("initial_size = 4\n", "ensemble.initial_size"),
         ] {
             let e = parse(&[src("/etc/a.toml", &format!("{zk}{ens}{bad}"))]).unwrap_err();
             assert!(e.message.contains(&format!("`{key}`")), "{bad}: {e}");

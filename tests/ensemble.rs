@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::deployed::{CLUSTERS, agent, status};
@@ -295,4 +297,214 @@ async fn with_two_of_three_down_a_restarted_member_waits_and_the_ensemble_comes_
     let got = ens.zk_cli(&world, one, &["get", "/kept"]).await.unwrap();
     assert!(got.lines().any(|l| l.trim() == "before"), "{got}");
     all_healthy(&world, &ens).await;
+}
+
+/// What the client writing through a scale-out and scale-in saw.
+#[derive(Debug, Default)]
+struct Writes {
+    /// The sequence numbers whose create was acknowledged.
+    acked: Vec<u32>,
+    /// Connection losses: the client reconnects (to another member) and goes on.
+    reconnects: u32,
+    /// Anything else: must stay empty.
+    errors: Vec<String>,
+    /// Acknowledged znodes missing when read back at the end.
+    missing: Vec<u32>,
+}
+
+/// Creates `/w/nNNNNNN` every 100 ms through `connect` until `stop`; then reads every
+/// acknowledged one back. Runs inside a host's network namespace.
+async fn write_all_the_while(connect: String, stop: Arc<AtomicBool>) -> Writes {
+    use zookeeper_client::{Client, Error};
+    let mut w = Writes::default();
+    let zk = loop {
+        match Client::connector()
+            .with_session_timeout(Duration::from_secs(30))
+            .with_connection_timeout(Duration::from_secs(2))
+            .connect(&connect)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) => {
+                w.errors.push(format!("connect: {e}"));
+                return w;
+            }
+        }
+    };
+    let _ = zk.create("/w", b"", &common::persistent()).await;
+    let mut n = 0u32;
+    while !stop.load(Ordering::Relaxed) {
+        match zk
+            .create(&format!("/w/n{n:06}"), b"x", &common::persistent())
+            .await
+        {
+            Ok(_) => {
+                w.acked.push(n);
+                n += 1;
+            }
+            // The member it was connected to went away (the group terminated it, or it was
+            // removed): the session goes on through another. A create whose answer was lost
+            // may have applied: taken as done when it exists.
+            Err(Error::ConnectionLoss) => w.reconnects += 1,
+            Err(Error::Custom(e)) if e.to_string().contains("os error") => w.reconnects += 1,
+            Err(Error::NodeExists) => {
+                w.acked.push(n);
+                n += 1;
+            }
+            Err(e) => {
+                w.errors.push(format!("create n{n:06}: {e}"));
+                if w.errors.len() > 20 {
+                    return w;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in w.acked.clone() {
+        for _ in 0..50 {
+            match zk.check_stat(&format!("/w/n{n:06}")).await {
+                Ok(Some(_)) => break,
+                Ok(None) => {
+                    w.missing.push(n);
+                    break;
+                }
+                Err(Error::ConnectionLoss) => {
+                    w.reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(Error::Custom(e)) if e.to_string().contains("os error") => {
+                    w.reconnects += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => {
+                    w.errors.push(format!("reading n{n:06} back: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    w
+}
+
+/// Waits until the membership, as a serving leader knows it, is exactly `ids` as voters.
+async fn wait_membership(world: &World, ens: &DeployedEnsemble, ids: &[u32]) {
+    let until = Instant::now() + QUORUM;
+    loop {
+        let modes = ens.modes(world).await;
+        let leader = modes
+            .iter()
+            .find(|(_, m)| *m == "leader")
+            .map(|(id, _)| *id);
+        let from = ens.running(world).await.unwrap_or_default();
+        if let (Some(leader), Some(from)) = (leader, from.first())
+            && let Ok(Some(members)) = ens.membership(world, from, leader).await
+            && members.keys().copied().collect::<Vec<_>>() == ids
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < until,
+            "membership never {ids:?}: modes {modes:?}; {:#?}",
+            ens.describe_hosts(world).await
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Scale 3 -> 5 and back to 3 through the group's desired capacity: the new members join by
+/// reconfig, the two the group terminates are removed by reconfig (the leader's watchdog),
+/// and a client writing all the while sees no error beyond reconnects: every acknowledged
+/// write is there at the end, and the membership is the three survivors.
+#[tokio::test(flavor = "multi_thread")]
+async fn scaling_out_to_five_and_in_to_three_keeps_a_writing_client_whole() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    // The client's own host, outside the group (launched before the image is set: it runs
+    // nothing of the project's).
+    let client = world.launch("a", &[]).await.unwrap();
+    let ens = deploy(&world, "zk-scale", |s| {
+        s.max_members = 6;
+        s.watch = Some(WATCH.into());
+    })
+    .await;
+    let connect = ens
+        .members
+        .iter()
+        .map(|m| format!("{}:2181", m.ip))
+        .collect::<Vec<_>>()
+        .join(",");
+    let stop = Arc::new(AtomicBool::new(false));
+    // The writer stops when the test ends, passed or not (a failing assertion must not
+    // leave the runtime waiting on it).
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_on_drop = StopOnDrop(stop.clone());
+    let ns = world.netns(&client);
+    let writer = {
+        let stop = stop.clone();
+        tokio::task::spawn_blocking(move || {
+            testbed::netns::block_on_in(&ns, write_all_the_while(connect, stop))
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    ens.set_desired(5).await.unwrap();
+    if let Err(e) = ens.wait_quorum(&world, 5, QUORUM).await {
+        panic!("{e:#}");
+    }
+    let five = ens.claims(&world).await.unwrap();
+    assert_eq!(five.len(), 5, "{five:?}");
+    for (myid, inst) in &five {
+        let j = world.agent_journal(inst, "ensemble");
+        if *myid > 3 {
+            assert_eq!(
+                (j["plan"].as_str(), j["add"].as_bool()),
+                (Some("join"), Some(true)),
+                "{j}"
+            );
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    ens.set_desired(3).await.unwrap();
+    let until = Instant::now() + QUORUM;
+    let survivors = loop {
+        let running = ens.running(&world).await.unwrap();
+        let claims = ens.claims(&world).await.unwrap();
+        let live: Vec<u32> = claims
+            .iter()
+            .filter(|(_, i)| running.contains(i))
+            .map(|(id, _)| *id)
+            .collect();
+        if running.len() == 3 && live.len() == 3 {
+            break live;
+        }
+        assert!(
+            Instant::now() < until,
+            "the group never came down to 3: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    wait_membership(&world, &ens, &survivors).await;
+    if let Err(e) = ens.wait_quorum(&world, 3, QUORUM).await {
+        panic!("{e:#}");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let w = writer.await.unwrap().unwrap();
+    eprintln!(
+        "writes: {} acknowledged, {} reconnects, errors {:?}",
+        w.acked.len(),
+        w.reconnects,
+        w.errors
+    );
+    assert!(w.errors.is_empty(), "{w:?}");
+    assert!(w.missing.is_empty(), "{w:?}");
+    assert!(w.acked.len() > 20, "{w:?}");
 }

@@ -281,6 +281,9 @@ pub enum WaitReason {
     MembersAbsent { absent: Vec<u32> },
     /// No quorum serves and whether these members hold data is unknown.
     DataUnknown { unknown: Vec<u32> },
+    /// This member is beyond the initial ensemble (myids 1..=initial): it only joins a
+    /// serving ensemble, and none serves.
+    JoinsOnly { me: u32, initial: u32 },
 }
 
 impl WaitReason {
@@ -295,6 +298,7 @@ impl WaitReason {
             WaitReason::DataHeld { .. } => "data_held_elsewhere",
             WaitReason::MembersAbsent { .. } => "members_absent",
             WaitReason::DataUnknown { .. } => "data_unknown",
+            WaitReason::JoinsOnly { .. } => "joins_only",
         }
     }
 }
@@ -348,6 +352,10 @@ impl fmt::Display for WaitReason {
                 f,
                 "no quorum serves and members {} are not present: a fresh ensemble starts only with every member",
                 list(absent)
+            ),
+            WaitReason::JoinsOnly { me, initial } => write!(
+                f,
+                "myid {me} is beyond the initial ensemble (myids 1 to {initial}): it joins a serving ensemble, and none serves yet"
             ),
             WaitReason::DataUnknown { unknown } => write!(
                 f,

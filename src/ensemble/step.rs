@@ -224,11 +224,33 @@ pub(crate) async fn observe(
         );
     }
     let config = read_config(&peers).await;
+    // The members that count: the membership's, the initial ensemble's, and this node.
+    let mut keep: std::collections::BTreeSet<u32> = config
+        .as_ref()
+        .map(|c| c.membership.ids())
+        .unwrap_or_default();
+    keep.extend(1..=ens.initial_size);
+    keep.insert(myid);
+    peers.retain(|id, _| keep.contains(id));
     Ok(Observations {
         me: myid,
         peers,
         config,
     })
+}
+
+/// The plan for this node ([`super::decide`]), except that a member beyond the initial
+/// ensemble with no data of its own never starts one: it waits for an ensemble to join.
+pub fn plan(obs: &Observations, initial_size: u32, holds_data: bool) -> Plan {
+    if obs.me > initial_size && obs.config.is_none() && !holds_data {
+        return Plan::Wait {
+            reason: WaitReason::JoinsOnly {
+                me: obs.me,
+                initial: initial_size,
+            },
+        };
+    }
+    super::decide(obs)
 }
 
 /// `/zookeeper/config` from a member that serves; None when none does or none answers.
@@ -301,7 +323,7 @@ pub async fn run(
     }
     let (obs, plan) = loop {
         let obs = observe(settings, ens, clients, myid, holds_data, at).await?;
-        let plan = super::decide(&obs);
+        let plan = plan(&obs, ens.initial_size, holds_data);
         let Plan::Wait { reason } = &plan else {
             break (obs, plan);
         };
@@ -518,6 +540,46 @@ async fn add_self(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_beyond_the_initial_ensemble_never_starts_one() {
+        use crate::ensemble::{Member, PeerRole};
+        let peer = |id: u32, answer: Answer, data: Data| Peer {
+            member: Member {
+                id,
+                host: format!("10.0.0.{id}").parse().unwrap(),
+                quorum_port: 2888,
+                election_port: 3888,
+                role: PeerRole::Participant,
+                client: Some(format!("10.0.0.{id}:2181").parse().unwrap()),
+            },
+            in_service: true,
+            answer,
+            data,
+        };
+        let obs = Observations {
+            me: 4,
+            peers: (1..=4)
+                .map(|id| (id, peer(id, Answer::Refused, Data::Empty)))
+                .collect(),
+            config: None,
+        };
+        // Every member present and empty: myids 1 to 4 would bootstrap, but 4 is a joiner.
+        assert!(matches!(super::super::decide(&obs), Plan::Bootstrap { .. }));
+        match plan(&obs, 3, false) {
+            Plan::Wait { reason } => assert_eq!(reason.kind(), "joins_only"),
+            other => panic!("{other:?}"),
+        }
+        // With data of its own it resumes as any member does.
+        let mut with_data = obs.clone();
+        with_data.peers.get_mut(&4).unwrap().data = Data::Holds;
+        assert!(matches!(plan(&with_data, 3, true), Plan::Resume { .. }));
+        // Within the initial ensemble nothing changes.
+        assert!(matches!(
+            plan(&Observations { me: 3, ..obs }, 4, false),
+            Plan::Bootstrap { .. }
+        ));
+    }
 
     #[test]
     fn base64_pads_as_the_standard_does() {

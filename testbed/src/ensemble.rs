@@ -118,9 +118,10 @@ pub fn settings(spec: &EnsembleSpec) -> String {
          [boot]\ndeadline_seconds = {deadline}\n\n\
          [claim]\nbackend = \"cloudwatch-logs\"\n\n\
          [signal]\nlifecycle_hook = \"{HOOK}\"\nready_timeout_seconds = 120\n\n\
-         [ensemble]\nclient_port = {CLIENT_PORT}\n{watch}",
+         [ensemble]\nclient_port = {CLIENT_PORT}\ninitial_size = {initial}\n{watch}",
         name = spec.name,
-        size = spec.size(),
+        size = spec.max_members,
+        initial = spec.size(),
         deadline = spec.deadline_seconds,
         watch = spec
             .watch
@@ -679,7 +680,7 @@ fn host_up(world: &World, inst: &str) -> bool {
 }
 
 /// Sends `word` to `ip`:2181 from inside `from`'s host, with bash's `/dev/tcp` (the hosts
-/// have no `nc`); `None` if nothing answers within 3 s.
+/// have no `nc`); `None` if nothing answers within 3 s (or `from` is still booting).
 async fn ask(world: &World, from: &str, ip: &str, word: &str) -> Result<Option<String>> {
     ensure!(host_up(world, from), "{from} has no host (not running)");
     ensure!(
@@ -687,7 +688,10 @@ async fn ask(world: &World, from: &str, ip: &str, word: &str) -> Result<Option<S
         "{word:?} is not a four-letter word"
     );
     let script = format!("exec 3<>/dev/tcp/{ip}/{CLIENT_PORT} && printf {word} >&3 && cat <&3");
-    let mut cmd = world.command(from, "timeout")?;
+    // A host still booting has its namespace but not yet its routes: nothing answers there.
+    let Ok(mut cmd) = world.command(from, "timeout") else {
+        return Ok(None);
+    };
     cmd.args(["-k", "1", "3", "bash", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -304,11 +304,11 @@ async fn the_group_runs_real_zookeeper_on_the_agents_config_and_it_dies_with_its
         assert_eq!(
             read("etc/kafka-agent/config.d/10-cluster.toml"),
             format!(
-                "[cluster]\nname = \"{}\"\nrole = \"zookeeper\"\nsize = 3\n\n\
+                "[cluster]\nname = \"{}\"\nrole = \"zookeeper\"\nsize = 5\n\n\
                  [boot]\ndeadline_seconds = 120\n\n\
                  [claim]\nbackend = \"cloudwatch-logs\"\n\n\
                  [signal]\nlifecycle_hook = \"launch\"\nready_timeout_seconds = 120\n\n\
-                 [ensemble]\nclient_port = 2181\n",
+                 [ensemble]\nclient_port = 2181\ninitial_size = 3\n",
                 spec.name
             )
         );
