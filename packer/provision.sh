@@ -107,9 +107,10 @@ else
   tar -xzf "$tmp/zookeeper.tgz" -C /opt
   chown -R root:root "/opt/$top"
   ln -sfn "/opt/$top" /opt/zookeeper
-  # zoo.cfg comes from user data (every member's name); the logging configuration from
-  # the distribution. Static membership: ZooKeeper does not rewrite zoo.cfg.
-  install -d -o root -g zookeeper -m 0755 /etc/zookeeper
+  # zoo.cfg and zoo.cfg.dynamic are rendered by kafka-agent at every boot; ZooKeeper
+  # rewrites them (and writes zoo.cfg.dynamic.<version>) as the membership changes, so the
+  # directory is its to write. The logging configuration comes from the distribution.
+  install -d -o root -g zookeeper -m 0770 /etc/zookeeper
   for f in logback.xml log4j.properties; do
     if [ -e "/opt/zookeeper/conf/$f" ]; then install -m 0644 "/opt/zookeeper/conf/$f" /etc/zookeeper/; fi
   done

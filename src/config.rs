@@ -70,14 +70,19 @@ pub struct Settings {
     pub ensemble: Option<EnsembleSettings>,
 }
 
+/// Where a ZooKeeper node keeps its superuser's password unless `[ensemble]` says otherwise.
+pub const DEFAULT_SUPERUSER_PASSWORD_FILE: &str = "/etc/kafka-agent/zookeeper-superuser";
+
 /// `[ensemble]`: the ZooKeeper server a node of role zookeeper runs, and how the agent speaks
 /// to the ensemble as its superuser (reconfig).
 #[derive(Debug, Clone, Serialize)]
 pub struct EnsembleSettings {
     #[serde(flatten)]
     pub server: crate::render::zoo::ServerSettings,
-    /// A file holding the ZooKeeper superuser's password (reconfig needs the superuser); the
-    /// agent renders its digest into zoo.cfg and authenticates with it.
+    /// A file holding this member's ZooKeeper superuser password (reconfig needs the
+    /// superuser): the agent renders its digest into zoo.cfg and authenticates with it to its
+    /// own server (the server a client authenticates with vouches for it to the leader, so
+    /// every member may have its own). Made by the boot (random, 0600) if it does not exist.
     pub superuser_password_file: PathBuf,
     /// The myids 1..=initial_size start a fresh ensemble together (each waits for all of
     /// them); myids above it (up to `cluster.size`, the most the group may run) join a
@@ -1028,14 +1033,7 @@ fn validate_ensemble(
                 "is for role \"zookeeper\" only; this node's role is kafka".to_string(),
             ));
         }
-        (Role::Zookeeper, None) => {
-            return Err(err(
-                "ensemble",
-                "role \"zookeeper\" needs an [ensemble] table with `superuser_password_file`"
-                    .to_string(),
-            ));
-        }
-        (Role::Zookeeper, Some(r)) => r,
+        (Role::Zookeeper, r) => r.unwrap_or_default(),
     };
     if backend != Backend::CloudwatchLogs {
         return Err(err(
@@ -1076,13 +1074,11 @@ fn validate_ensemble(
         }
     };
     let conf_dir = absolute("conf_dir", raw.conf_dir.unwrap_or(d.conf_dir))?;
-    let Some(password) = raw.superuser_password_file else {
-        return Err(err(
-            "ensemble.superuser_password_file",
-            "is required: reconfig needs ZooKeeper's superuser".to_string(),
-        ));
-    };
-    let superuser_password_file = absolute("superuser_password_file", password)?;
+    let superuser_password_file = absolute(
+        "superuser_password_file",
+        raw.superuser_password_file
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SUPERUSER_PASSWORD_FILE)),
+    )?;
     for word in raw.four_letter_words.iter().flatten() {
         let ok = word == "*" || (word.len() == 4 && word.chars().all(|c| c.is_ascii_lowercase()));
         if !ok {
@@ -1821,11 +1817,17 @@ mod tests {
     }
 
     #[test]
-    fn a_zookeeper_node_needs_its_ensemble_table_and_claims_through_cloudwatch_logs() {
+    fn a_zookeeper_nodes_ensemble_settings_are_checked_and_it_claims_through_cloudwatch_logs() {
         let zk = BASE.replace("role = \"kafka\"", "role = \"zookeeper\"");
         let ens = "[ensemble]\nsuperuser_password_file = \"/etc/kafka-agent/zk-super\"\n";
-        let e = parse(&[src("/etc/a.toml", &zk)]).unwrap_err();
-        assert!(e.message.contains(&format!("`{}`", "ensemble")), "{e}");
+        // Defaults only: the ZooKeeper conventions and a password file of its own.
+        let s = parse(&[src("/etc/a.toml", &zk)]).unwrap();
+        let got = s.ensemble.unwrap();
+        assert_eq!(
+            got.superuser_password_file,
+            PathBuf::from(DEFAULT_SUPERUSER_PASSWORD_FILE)
+        );
+        assert_eq!(got.initial_size, 3);
         let s = parse(&[src("/etc/a.toml", &format!("{zk}{ens}"))]).unwrap();
         let got = s.ensemble.unwrap();
         assert_eq!(got.server.client_port, 2181);
@@ -1856,7 +1858,11 @@ mod tests {
             let e = parse(&[src("/etc/a.toml", &format!("{zk}{ens}{bad}"))]).unwrap_err();
             assert!(e.message.contains(&format!("`{key}`")), "{bad}: {e}");
         }
-        let e = parse(&[src("/etc/a.toml", &format!("{zk}[ensemble]\n"))]).unwrap_err();
+        let e = parse(&[src(
+            "/etc/a.toml",
+            &format!("{zk}[ensemble]\nsuperuser_password_file = \"pw\"\n"),
+        )])
+        .unwrap_err();
         assert!(
             e.message
                 .contains(&format!("`{}`", "ensemble.superuser_password_file")),

@@ -90,9 +90,9 @@ fn answer_text(a: &Answer) -> String {
 }
 
 /// ZooKeeper's superuser digest, `base64(sha1("super:<password>"))`, of the password in
-/// `path` (its first line).
+/// `path` (its first line; made when there is none, [`ensure_superuser_password`]).
 pub fn super_digest(path: &Path) -> Result<SuperDigest> {
-    let password = superuser_password(path)?;
+    let password = ensure_superuser_password(path)?;
     let sha = aws_lc_rs::digest::digest(
         &aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY,
         format!("super:{password}").as_bytes(),
@@ -111,6 +111,41 @@ pub fn superuser_password(path: &Path) -> Result<String> {
         path.display()
     );
     Ok(password.to_string())
+}
+
+/// This member's superuser password: the file's, or, when there is no file yet, a new random
+/// one written there (0600, atomically) for this member alone.
+pub fn ensure_superuser_password(path: &Path) -> Result<String> {
+    if path.exists() {
+        return superuser_password(path);
+    }
+    use rand::Rng;
+    let mut rng = rand::rng();
+    let password: String = (0..32)
+        .map(|_| char::from(b"0123456789abcdef"[rng.random_range(0..16)]))
+        .collect();
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no directory", path.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let tmp = path.with_extension("tmp");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        writeln!(f, "{password}").with_context(|| format!("writing {}", tmp.display()))?;
+        f.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming into {}", path.display()))?;
+    tracing::info!(path = %path.display(), "made this member's ZooKeeper superuser password");
+    superuser_password(path)
 }
 
 /// Standard base64 with padding.
@@ -604,6 +639,15 @@ mod tests {
         );
         std::fs::write(&p, "\n").unwrap();
         assert!(super_digest(&p).is_err());
+        // None yet: one is made, private, and kept.
+        let made = dir.path().join("etc/made");
+        let first = ensure_superuser_password(&made).unwrap();
+        assert_eq!(first.len(), 32);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&made).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(ensure_superuser_password(&made).unwrap(), first);
+        assert_eq!(super_digest(&made).unwrap(), super_digest(&made).unwrap());
     }
 
     #[test]
