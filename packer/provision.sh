@@ -18,7 +18,7 @@ install_units() {
   local root=$1 role=$2 service u
   service=$role
   local units=(kafka-agent.service kafka-agent-signal.service)
-  # The watchdog watches brokers only (kafka-agent watch refuses role zookeeper).
+  # The ZooKeeper image does not enable the watchdog (README, "The ZooKeeper role").
   if [ "$role" = kafka ]; then units+=(kafka-agent-watch.service); fi
   install -d -m 0755 "$root/etc/systemd/system"
   for u in "${units[@]}"; do
