@@ -49,7 +49,20 @@ async fn successor(world: &World, ens: &DeployedEnsemble, myid: u32, old: &str) 
     }
 }
 
-/// Every member's `status`: exit 0, a voting member.
+/// `kafka-agent status --json` on the host, validated against tests/status.schema.json.
+async fn status_json(world: &World, inst: &str) -> serde_json::Value {
+    let config = world.host_dir(inst).join("etc/kafka-agent/agent.toml");
+    let mut cmd = world.command(inst, &agent().to_string_lossy()).unwrap();
+    cmd.arg("--config").arg(config).args(["status", "--json"]);
+    let out = tokio::process::Command::from(cmd).output().await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let errors = common::schema::validate(&common::schema::schema(), &v);
+    assert!(errors.is_empty(), "{}\n{v:#}", errors.join("\n"));
+    assert_eq!(v["exit_code"], out.status.code().unwrap_or(-1), "{v:#}");
+    v
+}
+
+/// Every member's `status`: exit 0, a voting member (and its JSON says so, per the schema).
 async fn all_healthy(world: &World, ens: &DeployedEnsemble) {
     for (myid, inst) in ens.claims(world).await.unwrap() {
         let until = Instant::now() + Duration::from_secs(60);
@@ -57,6 +70,15 @@ async fn all_healthy(world: &World, ens: &DeployedEnsemble) {
             let (code, out) = status(world, &inst).await;
             if code == 0 {
                 assert!(out.contains("a voting member"), "myid {myid}: {out}");
+                let v = status_json(world, &inst).await;
+                assert_eq!(v["role"], "zookeeper", "{v:#}");
+                assert_eq!(v["ensemble"]["voting"], true, "{v:#}");
+                assert!(
+                    matches!(v["ensemble"]["mode"].as_str(), Some("leader" | "follower")),
+                    "{v:#}"
+                );
+                let voters = v["ensemble"]["voters"].as_u64().unwrap();
+                assert_eq!(v["ensemble"]["quorum_size"], voters / 2 + 1, "{v:#}");
                 break;
             }
             assert!(
@@ -280,6 +302,9 @@ async fn with_two_of_three_down_a_restarted_member_waits_and_the_ensemble_comes_
     };
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("no quorum"), "{out}");
+    let v = status_json(&world, one).await;
+    assert_eq!(v["ensemble"]["state"], "degraded", "{v:#}");
+    assert_eq!(v["ensemble"]["plan"], "resume", "{v:#}");
     let j = world.agent_journal(one, "ensemble");
     assert_eq!(j["holds_data"], true, "{j}");
     // It stays so: no new ensemble of one.

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod deployed;
+pub mod schema;
 
 use std::path::{Path, PathBuf};
 
