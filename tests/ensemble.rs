@@ -533,3 +533,56 @@ async fn scaling_out_to_five_and_in_to_three_keeps_a_writing_client_whole() {
     assert!(w.missing.is_empty(), "{w:?}");
     assert!(w.acked.len() > 20, "{w:?}");
 }
+
+/// The watchdog on a ZooKeeper node: a member whose server died on a running instance is
+/// marked Unhealthy (the others keep a quorum without it) and the group replaces it; with two
+/// of three servers down, neither of their watchdogs marks anything (replacing a member the
+/// quorum would rest on turns a sick node into an outage), and each says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_watchdog_replaces_a_failed_member_only_while_the_others_keep_a_quorum() {
+    let _turn = CLUSTERS.acquire().await.unwrap();
+    let world = World::create(testbed::shared(), &["a", "b", "c"])
+        .await
+        .unwrap();
+    let quick = "interval_seconds = 1\nunhealthy_after_seconds = 4\ngrace_period_seconds = 5";
+    let ens = deploy(&world, "zk-watch", |s| s.watch = Some(quick.into())).await;
+    let claims = ens.claims(&world).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await; // past the watchdogs' grace period
+
+    // One member's server dies: its watchdog marks it, the group replaces it.
+    kill_server(&world, &claims[&3]);
+    let replacement = successor(&world, &ens, 3, &claims[&3]).await;
+    if let Err(e) = ens.wait_quorum(&world, 3, QUORUM).await {
+        panic!("{e:#}");
+    }
+    let w = world.agent_journal(&claims[&3], "ensemble-watch");
+    assert!(w["marked_unhealthy_unix"].is_u64(), "{w:#}");
+    all_healthy(&world, &ens).await;
+    tokio::time::sleep(Duration::from_secs(6)).await; // the replacement's watchdog past its grace
+
+    // Two of three servers die: no mark, each watchdog holds back.
+    let now = ens.claims(&world).await.unwrap();
+    assert_eq!(now[&3], replacement);
+    kill_server(&world, &now[&2]);
+    kill_server(&world, &now[&3]);
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    assert_eq!(
+        ens.claims(&world).await.unwrap(),
+        now,
+        "a member was replaced"
+    );
+    for id in [2, 3] {
+        let w = world.agent_journal(&now[&id], "ensemble-watch");
+        assert_eq!(w["decision"], "hold_back", "myid {id}: {w:#}");
+        assert!(w["marked_unhealthy_unix"].is_null(), "myid {id}: {w:#}");
+        assert!(
+            w["summary"].as_str().unwrap_or("").contains("no quorum"),
+            "myid {id}: {w:#}"
+        );
+    }
+    let group = ens.instances().await.unwrap();
+    assert!(
+        group.values().all(|(_, _, health)| health == "Healthy"),
+        "{group:?}"
+    );
+}
