@@ -342,18 +342,16 @@ struct Writes {
 async fn write_all_the_while(connect: String, stop: Arc<AtomicBool>) -> Writes {
     use zookeeper_client::{Client, Error};
     let mut w = Writes::default();
-    let zk = loop {
-        match Client::connector()
-            .with_session_timeout(Duration::from_secs(30))
-            .with_connection_timeout(Duration::from_secs(2))
-            .connect(&connect)
-            .await
-        {
-            Ok(c) => break c,
-            Err(e) => {
-                w.errors.push(format!("connect: {e}"));
-                return w;
-            }
+    let connected = Client::connector()
+        .with_session_timeout(Duration::from_secs(30))
+        .with_connection_timeout(Duration::from_secs(2))
+        .connect(&connect)
+        .await;
+    let zk = match connected {
+        Ok(c) => c,
+        Err(e) => {
+            w.errors.push(format!("connect: {e}"));
+            return w;
         }
     };
     let _ = zk.create("/w", b"", &common::persistent()).await;

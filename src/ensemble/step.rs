@@ -524,6 +524,25 @@ pub async fn voting_member(
     }
 }
 
+/// A session with the server at `at` (this member's own), authenticated as ZooKeeper's
+/// superuser with this member's password: reconfig needs it.
+pub(crate) async fn superuser_session(
+    ens: &EnsembleSettings,
+    at: SocketAddr,
+) -> Result<zookeeper_client::Client> {
+    let password = superuser_password(&ens.superuser_password_file)?;
+    let zk = zookeeper_client::Client::connector()
+        .with_session_timeout(Duration::from_secs(6))
+        .with_connection_timeout(Duration::from_secs(2))
+        .connect(&at.to_string())
+        .await
+        .with_context(|| format!("connecting to {at}"))?;
+    zk.auth("digest", format!("super:{password}").as_bytes())
+        .await
+        .context("authenticating as the superuser")?;
+    Ok(zk)
+}
+
 /// Adds this node as a participant: reads the configuration (and its version) through the
 /// local server, and unless this node is in it already, reconfigures conditioned on it.
 async fn add_self(
@@ -532,19 +551,10 @@ async fn add_self(
     address: IpAddr,
     local: SocketAddr,
 ) -> Result<()> {
-    let password = superuser_password(&ens.superuser_password_file)?;
     let me = ens.server.member(myid, address);
     let line = zoo::server_line(&me);
     let work = async {
-        let zk = zookeeper_client::Client::connector()
-            .with_session_timeout(Duration::from_secs(6))
-            .with_connection_timeout(Duration::from_secs(2))
-            .connect(&local.to_string())
-            .await
-            .with_context(|| format!("connecting to {local}"))?;
-        zk.auth("digest", format!("super:{password}").as_bytes())
-            .await
-            .context("authenticating as the superuser")?;
+        let zk = superuser_session(ens, local).await?;
         zk.sync("/zookeeper/config").await.context("syncing")?;
         let (data, _) = zk.get_config().await.context("reading /zookeeper/config")?;
         let config = zoo::parse_config(&String::from_utf8_lossy(&data))?;

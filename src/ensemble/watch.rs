@@ -98,17 +98,8 @@ async fn remove(settings: &Settings, at: SocketAddr, ids: &[u32], version: u64) 
         .ensemble
         .as_ref()
         .context("role zookeeper needs [ensemble]")?;
-    let password = super::step::superuser_password(&ens.superuser_password_file)?;
     let work = async {
-        let zk = zookeeper_client::Client::connector()
-            .with_session_timeout(Duration::from_secs(6))
-            .with_connection_timeout(Duration::from_secs(2))
-            .connect(&at.to_string())
-            .await
-            .with_context(|| format!("connecting to {at}"))?;
-        zk.auth("digest", format!("super:{password}").as_bytes())
-            .await
-            .context("authenticating as the superuser")?;
+        let zk = super::step::superuser_session(ens, at).await?;
         let leaving: Vec<String> = ids.iter().map(u32::to_string).collect();
         zk.update_ensemble(
             zookeeper_client::EnsembleUpdate::Incremental {
