@@ -315,6 +315,10 @@ pub struct InstanceInfo {
     #[serde(default)]
     pub instance_type: String,
     pub root_device_name: String,
+    /// The AMI it was launched from: the world boots the image registered for it
+    /// ([`crate::World::boot_image`]), else its default one.
+    #[serde(default)]
+    pub image_id: String,
     pub tags: std::collections::BTreeMap<String, String>,
     /// The Auto Scaling target lifecycle state (`InService`, `Terminated`, ...) of an instance
     /// of a group; `None` outside one.

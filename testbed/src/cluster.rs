@@ -4,7 +4,8 @@
 //! lifecycle hook (and, when asked, a termination hook), the stack's tags propagated to its
 //! instances, and the project's user data (a `#cloud-config` writing the cluster's agent
 //! settings); an image whose boot runs the agent, the stand-in broker and the signal (and the
-//! watchdog, with the termination hook) as the project's systemd units do.
+//! watchdog, with the termination hook) as the project's systemd units do. Its ZooKeeper is
+//! the services' shared ensemble, or one deployed in the VPC ([`Spec::zookeeper`]).
 //!
 //! Shared by the demo (`kafka-testbed demo`) and the self-healing tests.
 
@@ -57,6 +58,19 @@ pub struct Spec {
     /// added to the user data's `[watch]` (beside the termination hook's, when it is set):
     /// e.g. a short `unhealthy_after_seconds` for a benchmark or the demo.
     pub watch: Option<String>,
+    /// The ZooKeeper ensemble the brokers (and, with backend `zookeeper`, their claims) use;
+    /// `None`: the services' shared one, exposed at each subnet's gateway.
+    pub zookeeper: Option<ZookeeperAt>,
+}
+
+/// A ZooKeeper ensemble in the VPC (e.g. [`crate::ensemble::DeployedEnsemble::zookeeper_at`]),
+/// without a chroot: the cluster adds its own.
+#[derive(Debug, Clone)]
+pub struct ZookeeperAt {
+    /// As the hosts reach it: `ip:2181,…`.
+    pub connect: String,
+    /// As this machine reaches it: `127.0.0.1:<port>,…` ([`World::reach`]).
+    pub local: String,
 }
 
 impl Spec {
@@ -231,15 +245,19 @@ impl Deployed {
             });
         }
         let chroot = format!("/{}", spec.name);
-        let gateway = &world.subnets[0].gateway;
-        let ports = services.zookeeper.client_ports();
-        let zk_connect = ports
-            .iter()
-            .map(|p| format!("{gateway}:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-            + &chroot;
-        let zk_local = services.zookeeper.connect_string();
+        let (zk_connect, zk_local) = match &spec.zookeeper {
+            Some(at) => (format!("{}{chroot}", at.connect), at.local.clone()),
+            None => {
+                let gateway = &world.subnets[0].gateway;
+                let ports = services.zookeeper.client_ports();
+                let connect = ports
+                    .iter()
+                    .map(|p| format!("{gateway}:{p}"))
+                    .collect::<Vec<_>>()
+                    .join(",");
+                (connect + &chroot, services.zookeeper.connect_string())
+            }
+        };
 
         let stack = format!("{}-stack", spec.name);
         let template = serde_json::json!({

@@ -3,13 +3,14 @@
 //! its AZ (role `zookeeper`; myids beyond the ensemble's size, up to `max_members`, are ready
 //! for scaling out); a stack whose resource waits for one signal per member; an Auto Scaling
 //! Group over the AZs' subnets with the launch lifecycle hook; the project's user data (a
-//! `#cloud-config` writing the ensemble's agent settings); an image whose boot runs the agent,
-//! then ZooKeeper on the files the agent rendered (`java … QuorumPeerMain
-//! <conf_dir>/zoo.cfg`), then the signal.
+//! `#cloud-config` writing the ensemble's agent settings); an image of its own AMI
+//! ([`ZOOKEEPER_IMAGE`]) whose boot runs the agent, then ZooKeeper on the files the agent
+//! rendered (`java … QuorumPeerMain <conf_dir>/zoo.cfg`), then the signal.
 //!
-//! The members' addresses are their ENIs' and live in the VPC: only the hosts reach them, so
-//! the helpers ask from inside a host ([`World::command`]): four-letter words over bash's
-//! `/dev/tcp`, znodes with ZooKeeper's own `ZooKeeperMain`.
+//! The members' addresses are their ENIs' and live in the VPC: the hosts reach them, so the
+//! helpers ask from inside a host ([`World::command`]): four-letter words over bash's
+//! `/dev/tcp`, znodes with ZooKeeper's own `ZooKeeperMain`. A Kafka cluster on the ensemble
+//! ([`DeployedEnsemble::zookeeper_at`]) is read from this machine through proxies into the VPC.
 //!
 //! Nothing outlives the world: ZooKeeper is a unit of its host, whose process group is killed
 //! when the host halts (SIGTERM when its instance starts shutting down, SIGKILL when it is
@@ -25,11 +26,14 @@ use anyhow::{Context, Result, bail, ensure};
 
 use crate::World;
 use crate::cloudinit::{BootSpec, Unit};
-use crate::cluster::HOOK;
+use crate::cluster::{HOOK, ZookeeperAt};
 use crate::zookeeper::{CLASSPATH, JAVA_FLAGS, SUPER_PASSWORD};
 
 /// The stack's resource the members signal.
 pub const LOGICAL_ID: &str = "Ensemble";
+/// The members' AMI: the world boots [`image`] for it, whatever image other instances of the
+/// world boot (a Kafka cluster's, beside the ensemble).
+pub const ZOOKEEPER_IMAGE: &str = "ami-03cf127a";
 /// The members' ports, on their ENI addresses (the agent's defaults).
 pub const CLIENT_PORT: u16 = 2181;
 pub const QUORUM_PORT: u16 = 2888;
@@ -217,8 +221,9 @@ pub fn units(agent: &std::path::Path, watch: bool) -> Vec<Unit> {
 }
 
 impl DeployedEnsemble {
-    /// Creates the resources, the stack, the group (which launches the members) and sets the
-    /// world's image. Returns once the group exists; see [`DeployedEnsemble::wait_quorum`].
+    /// Creates the resources, the stack, the group (which launches the members) and registers
+    /// the members' image for their AMI ([`ZOOKEEPER_IMAGE`]). Returns once the group exists;
+    /// see [`DeployedEnsemble::wait_quorum`].
     pub async fn deploy(
         world: &World,
         services: &crate::Services,
@@ -278,12 +283,12 @@ impl DeployedEnsemble {
             .await
             .context("CreateStack")?;
 
-        world.boot_with(image(&spec));
+        world.boot_image(ZOOKEEPER_IMAGE, image(&spec));
         let group = format!("{}-ensemble", spec.name);
         autoscaling
             .create_launch_configuration()
             .launch_configuration_name(&group)
-            .image_id("ami-12c6146b")
+            .image_id(ZOOKEEPER_IMAGE)
             .instance_type("m5.large")
             .user_data(crate::cloudinit::base64_encode(user_data(&spec).as_bytes()))
             .send()
@@ -359,6 +364,24 @@ impl DeployedEnsemble {
             .map(|m| format!("{}:{CLIENT_PORT}", m.ip))
             .collect::<Vec<_>>()
             .join(",")
+    }
+
+    /// The ensemble for a Kafka cluster ([`crate::cluster::Spec::zookeeper`]): the first
+    /// `size` members' ENI addresses as the hosts reach them
+    /// ([`DeployedEnsemble::connect_string`]) and as this machine does, each through a proxy
+    /// into the VPC ([`World::reach`]).
+    pub fn zookeeper_at(&self, world: &World) -> Result<ZookeeperAt> {
+        let mut local = Vec::new();
+        for m in self.members.iter().take(self.spec.size() as usize) {
+            let port = world
+                .reach(&m.ip, CLIENT_PORT)
+                .with_context(|| format!("reaching myid {} at {}", m.myid, m.ip))?;
+            local.push(format!("127.0.0.1:{port}"));
+        }
+        Ok(ZookeeperAt {
+            connect: self.connect_string(),
+            local: local.join(","),
+        })
     }
 
     /// The group's instances as the service lists them: id -> (AZ, lifecycle state, health).
@@ -768,7 +791,7 @@ mod tests {
              [boot]\ndeadline_seconds = 90\n\n\
              [claim]\nbackend = \"cloudwatch-logs\"\n\n\
              [signal]\nlifecycle_hook = \"launch\"\nready_timeout_seconds = 120\n\n\
-             [ensemble]\nclient_port = 2181\n"
+             [ensemble]\nclient_port = 2181\ninitial_size = 3\n"
         );
         let ud = user_data(&s);
         assert!(ud.starts_with(

@@ -80,7 +80,7 @@ pub(crate) fn boot(
         },
     );
     let procs = Processes::default();
-    if let Some(spec) = p.boot.clone() {
+    if let Some(spec) = image_of(p, info) {
         let aws_endpoint = format!("http://{}:{}", subnet.gateway, l.moto_port);
         let admin = super::aws::sdk_config(
             &format!("http://127.0.0.1:{}", l.moto_port),
@@ -121,6 +121,11 @@ pub(crate) fn boot(
         },
     );
     Ok(())
+}
+
+/// The image an instance boots: the one registered for its AMI, else the world's default.
+fn image_of(p: &Physical, info: &aws::InstanceInfo) -> Option<Arc<cloudinit::BootSpec>> {
+    p.images.get(&info.image_id).or(p.boot.as_ref()).cloned()
 }
 
 /// The instance's user data (DescribeInstanceAttribute, base64), if it has any.
@@ -226,4 +231,58 @@ pub(crate) fn devices(host_dir: &Path) -> BTreeMap<String, String> {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(ami: &str) -> aws::InstanceInfo {
+        aws::InstanceInfo {
+            id: "i-0123".into(),
+            state: "running".into(),
+            az: "us-east-1a".into(),
+            subnet_id: "subnet-1".into(),
+            private_ip: Some("10.0.1.5".into()),
+            mac: None,
+            primary_eni: None,
+            instance_type: "m5.large".into(),
+            root_device_name: "/dev/xvda".into(),
+            image_id: ami.into(),
+            tags: BTreeMap::new(),
+            target_lifecycle_state: None,
+        }
+    }
+
+    fn image(file: &str) -> Arc<cloudinit::BootSpec> {
+        Arc::new(cloudinit::BootSpec {
+            baked: vec![(file.into(), String::new())],
+            units: Vec::new(),
+        })
+    }
+
+    fn baked(spec: Option<Arc<cloudinit::BootSpec>>) -> Option<String> {
+        spec.map(|s| s.baked[0].0.clone())
+    }
+
+    #[test]
+    fn an_instance_boots_its_amis_image_else_the_default() {
+        let mut p = Physical::default();
+        assert!(image_of(&p, &instance("ami-1")).is_none());
+        p.images.insert("ami-zk".into(), image("/zk"));
+        assert!(image_of(&p, &instance("ami-1")).is_none());
+        p.boot = Some(image("/kafka"));
+        assert_eq!(
+            baked(image_of(&p, &instance("ami-zk"))).as_deref(),
+            Some("/zk")
+        );
+        assert_eq!(
+            baked(image_of(&p, &instance("ami-1"))).as_deref(),
+            Some("/kafka")
+        );
+        assert_eq!(
+            baked(image_of(&p, &instance(""))).as_deref(),
+            Some("/kafka")
+        );
+    }
 }

@@ -38,8 +38,12 @@ pub(crate) struct Physical {
     pub(crate) guards: BTreeMap<String, Guard>,
     /// The guards as last loaded into the router namespace.
     loaded_guards: Option<BTreeMap<String, Guard>>,
-    /// What a new host runs at boot (none: it idles; tests run the agent by hand).
+    /// What a new host runs at boot when no image is registered for its AMI in `images`
+    /// (none: it idles; tests run the agent by hand).
     pub(crate) boot: Option<Arc<super::cloudinit::BootSpec>>,
+    /// The images by AMI: a new host launched from one of these boots it, as EC2 boots an
+    /// instance from its AMI.
+    pub(crate) images: BTreeMap<String, Arc<super::cloudinit::BootSpec>>,
 }
 
 /// What may leave through one bridge port: frames from the ENI's MAC, IPv4 packets from its

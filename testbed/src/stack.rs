@@ -1355,6 +1355,7 @@ pub async fn deploy(world: &World, services: &Services, spec: StackSpec) -> Resu
             launch_before_terminate: false,
             termination_hook: false,
             watch: None,
+            zookeeper: None,
         },
         group,
         stack: spec.name.clone(),

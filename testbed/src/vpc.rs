@@ -1,5 +1,9 @@
 //! The VPC: its subnets in EC2 and the router namespace that joins them, one bridge per subnet
-//! with the gateway at `.1`, where this machine's services (moto, ZooKeeper) are exposed.
+//! with the gateway at `.1`, where this machine's services (moto, ZooKeeper) are exposed, and
+//! from where this machine reaches into the VPC (`reach`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -121,6 +125,54 @@ async fn proxy(listener: std::net::TcpListener, port: u16) {
             if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
                 let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
             }
+        });
+    }
+}
+
+/// The other direction: makes `target` (an address in the VPC, e.g. a ZooKeeper member on
+/// its ENI's) reachable from this machine at `127.0.0.1:<port>`, each connection made onward
+/// from inside the router namespace `vpc_ns` (which has a leg in every subnet). Returns the
+/// port and the proxy to run. A connection whose target does not answer within 3 s is
+/// closed, as a refused one is.
+pub(crate) fn reach(
+    vpc_ns: &str,
+    target: SocketAddr,
+) -> Result<(u16, impl Future<Output = ()> + use<>)> {
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .with_context(|| format!("binding a proxy to {target}"))?;
+    listener.set_nonblocking(true)?;
+    let port = listener.local_addr()?.port();
+    Ok((port, reach_proxy(listener, vpc_ns.to_string(), target)))
+}
+
+async fn reach_proxy(listener: std::net::TcpListener, vpc_ns: String, target: SocketAddr) {
+    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+        return;
+    };
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
+        let ns = vpc_ns.clone();
+        tokio::spawn(async move {
+            // The socket is made on a thread inside the router namespace, and belongs there
+            // for its whole life; tokio drives it from here on.
+            let connected = tokio::task::spawn_blocking(move || {
+                netns::in_netns(&ns, move || {
+                    std::net::TcpStream::connect_timeout(&target, Duration::from_secs(3))
+                })
+            })
+            .await;
+            let Ok(Ok(Ok(outbound))) = connected else {
+                return;
+            };
+            if outbound.set_nonblocking(true).is_err() {
+                return;
+            }
+            let Ok(mut outbound) = tokio::net::TcpStream::from_std(outbound) else {
+                return;
+            };
+            let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
         });
     }
 }

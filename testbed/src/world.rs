@@ -11,6 +11,8 @@
 //!   the volume's persistent image, NVMe serial = volume id without its dash.
 //! * The AWS endpoint and ZooKeeper are reachable from every host at its subnet gateway's
 //!   address, on the same ports as on this machine's loopback.
+//! * An address in the VPC (a service on an ENI's) is reachable from this machine through a
+//!   proxy on its loopback ([`World::reach`]).
 //!
 //! [`World`] is the façade over what it models: the VPC and its router ([`vpc`]),
 //! the hosts ([`host`]) and the hypervisor ([`hypervisor`]).
@@ -99,6 +101,20 @@ impl World {
         Ok(())
     }
 
+    /// Makes `ip:port` in the VPC (a service on an ENI's address) reachable from this
+    /// machine: returns a port on 127.0.0.1 whose every connection is made onward from inside
+    /// the VPC's router. The proxy lives as long as the world.
+    pub fn reach(&self, ip: &str, port: u16) -> Result<u16> {
+        let target = std::net::SocketAddr::new(
+            ip.parse()
+                .with_context(|| format!("{ip:?} is not an IP address"))?,
+            port,
+        );
+        let (local, proxy) = vpc::reach(&self.vpc_ns, target)?;
+        self.rt.as_ref().unwrap().spawn(proxy);
+        Ok(local)
+    }
+
     fn layout(&self) -> Layout {
         Layout {
             world: self.id.clone(),
@@ -111,10 +127,22 @@ impl World {
         }
     }
 
-    /// From now on every new host boots as the image `spec` describes: baked files,
-    /// cloud-init with the instance's user data, then the units (see [`crate::cloudinit`]).
+    /// From now on every new host boots as the image `spec` describes (unless its AMI has an
+    /// image of its own, [`World::boot_image`]): baked files, cloud-init with the instance's
+    /// user data, then the units (see [`crate::cloudinit`]).
     pub fn boot_with(&self, spec: crate::cloudinit::BootSpec) {
         self.phys.lock().unwrap().boot = Some(Arc::new(spec));
+    }
+
+    /// From now on every new host launched from AMI `ami` boots as `spec` describes, whatever
+    /// the default ([`World::boot_with`]) is: a world of two kinds of instances (brokers and
+    /// ZooKeeper members) tells them apart by their AMI, as EC2 does.
+    pub fn boot_image(&self, ami: &str, spec: crate::cloudinit::BootSpec) {
+        self.phys
+            .lock()
+            .unwrap()
+            .images
+            .insert(ami.to_string(), Arc::new(spec));
     }
 
     /// The host's boot events so far (`var/log/testbed-boot.log`): unix ms, event.

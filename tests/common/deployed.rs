@@ -75,6 +75,7 @@ async fn deploy_spec_on(
         launch_before_terminate: false,
         termination_hook: false,
         watch: None,
+        zookeeper: None,
     };
     tweak(&mut spec);
     let cluster = Deployed::deploy(world, services, spec).await.unwrap();

@@ -1663,6 +1663,7 @@ def state(region, vpc_id):
                 "az": instance.placement.zone,
                 "subnet_id": instance.subnet_id,
                 "private_ip": instance.private_ip,
+                "image_id": instance.image_id,
                 "mac": primary.mac_address if primary else None,
                 "primary_eni": primary.id if primary else None,
                 "instance_type": instance.instance_type,

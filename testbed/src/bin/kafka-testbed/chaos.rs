@@ -959,6 +959,7 @@ pub async fn run(opts: Options) -> Result<()> {
         // The run starts the watchdogs itself, with short settings (see `watch_settings`).
         termination_hook: false,
         watch: None,
+        zookeeper: None,
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     if opts.termination_hook {

@@ -4,7 +4,9 @@
 //! the group heals it with zero manual steps, while the demo prints what happens. Then broker
 //! 2's process wedges on a healthy instance and its watchdog has the group replace it; then the
 //! group scales in and out through its desired capacity, and the leaving instance releases its
-//! volume and ENI (the termination hook) before EC2 takes it down.
+//! volume and ENI (the termination hook) before EC2 takes it down. With `--zookeeper-ensemble`
+//! the cluster's ZooKeeper is a self-healing ensemble of its own, and one of its members dies
+//! too ([`crate::demo_ensemble`]).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -12,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use kafka_testbed::cluster::{Deployed, Event, Failure, Spec, ask_broker};
 use kafka_testbed::{Services, World};
+
+use crate::demo_ensemble;
 
 /// The agent and the stand-in, built beside this binary (scripts/demo builds them).
 fn sibling(name: &str) -> Result<PathBuf> {
@@ -27,7 +31,7 @@ fn sibling(name: &str) -> Result<PathBuf> {
 }
 
 /// `kafka-agent status` on the host, its first line and exit code.
-async fn status(world: &World, agent: &Path, inst: &str) -> Result<(i32, String)> {
+pub(crate) async fn status(world: &World, agent: &Path, inst: &str) -> Result<(i32, String)> {
     let config = world.host_dir(inst).join("etc/kafka-agent/agent.toml");
     let mut cmd = world.command(inst, &agent.to_string_lossy())?;
     cmd.arg("--config").arg(config).arg("status");
@@ -226,13 +230,31 @@ scale out: desired capacity 2 -> 3; the new instance takes broker {id}:"
     Ok(())
 }
 
+/// Runs the demo; with `zookeeper_ensemble`, the cluster's ZooKeeper is an ensemble deployed
+/// in the VPC through its own group, and a last act heals one of its members
+/// ([`crate::demo_ensemble`]).
 #[tokio::main]
-pub async fn run(name: &str, backend: &str, hold: bool) -> Result<()> {
+pub async fn run(name: &str, backend: &str, hold: bool, zookeeper_ensemble: bool) -> Result<()> {
     let agent = sibling("kafka-agent")?;
     let standin = sibling("kafka-standin")?;
-    eprintln!("starting moto and a 3-member ZooKeeper ensemble...");
-    let services = Services::start(3)?;
+    let services = if zookeeper_ensemble {
+        eprintln!("starting moto (ZooKeeper will be an ensemble of its own, in the VPC)...");
+        Services::start(1)?
+    } else {
+        eprintln!("starting moto and a 3-member ZooKeeper ensemble...");
+        Services::start(3)?
+    };
     let world = World::create(&services, &["a", "b", "c"]).await?;
+    let ensemble = if zookeeper_ensemble {
+        let zk = format!("{name}-zk");
+        Some(demo_ensemble::deploy(&world, &services, &zk, &agent).await?)
+    } else {
+        None
+    };
+    let zookeeper = match &ensemble {
+        Some(ens) => Some(ens.zookeeper_at(&world)?),
+        None => None,
+    };
     let spec = Spec {
         name: name.to_string(),
         backend: backend.to_string(),
@@ -243,12 +265,13 @@ pub async fn run(name: &str, backend: &str, hold: bool) -> Result<()> {
         launch_before_terminate: false,
         termination_hook: true,
         watch: Some(WATCH.into()),
+        zookeeper,
     };
     let started = Instant::now();
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     println!(
-        "cluster {name}: stack {}, group {} over 3 AZs, claims in {backend}",
-        cluster.stack, cluster.group
+        "cluster {name}: stack {}, group {} over 3 AZs, claims in {backend}, ZooKeeper {}",
+        cluster.stack, cluster.group, cluster.zk_connect
     );
     for b in &cluster.brokers {
         println!(
@@ -348,6 +371,9 @@ pub async fn run(name: &str, backend: &str, hold: bool) -> Result<()> {
     }
     all_healthy(&world, &cluster, &agent).await?;
     println!("every broker serves with its id, address and records; zero manual steps");
+    if let Some(ens) = &ensemble {
+        demo_ensemble::heal_a_member(&world, ens, &cluster, &agent).await?;
+    }
     if hold {
         println!("holding; Ctrl-C tears the world down");
         tokio::signal::ctrl_c().await?;

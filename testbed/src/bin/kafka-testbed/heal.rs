@@ -58,6 +58,7 @@ pub async fn run(backend: &str, samples: usize, wedge: bool) -> Result<()> {
         launch_before_terminate: false,
         termination_hook: false,
         watch: wedge.then(|| WATCH.to_string()),
+        zookeeper: None,
     };
     let cluster = Deployed::deploy(&world, &services, spec).await?;
     cluster

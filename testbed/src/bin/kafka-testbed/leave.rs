@@ -165,6 +165,7 @@ async fn series(
         launch_before_terminate: false,
         termination_hook: hook,
         watch: None,
+        zookeeper: None,
     };
     let cluster = Deployed::deploy(&world, services, spec).await?;
     settled(&world, &cluster, hook).await?;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod chaos;
 mod demo;
+mod demo_ensemble;
 mod heal;
 mod leave;
 
@@ -40,6 +41,10 @@ enum Cmd {
         /// (kafka_testbed::stack) instead of the testbed's own deployment.
         #[arg(long)]
         from_stack: bool,
+        /// Run the cluster on a self-healing ZooKeeper ensemble deployed in the VPC through
+        /// its own group (the agent in role zookeeper), and heal a terminated member of it too.
+        #[arg(long, conflicts_with = "from_stack")]
+        zookeeper_ensemble: bool,
     },
     /// Benchmark the claim step per backend: latency of one claim, and the time for N agents
     /// booting at once to all hold distinct ids. Build the agent with --release first.
@@ -173,11 +178,12 @@ fn main() -> ExitCode {
             backend,
             hold,
             from_stack,
+            zookeeper_ensemble,
         } => {
             if from_stack {
                 testbed::stack::demo(&cluster, &backend, hold)
             } else {
-                demo::run(&cluster, &backend, hold)
+                demo::run(&cluster, &backend, hold, zookeeper_ensemble)
             }
         }
         Cmd::BenchClaim {
