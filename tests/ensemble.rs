@@ -122,6 +122,19 @@ async fn three_fresh_instances_form_an_ensemble_and_a_replaced_member_rejoins_wi
         "{plans:#?}"
     );
     all_healthy(&world, &ens).await;
+    // Each member made its own superuser password (0600); the joins and removals by reconfig
+    // in the other tests run with these.
+    let passwords: std::collections::BTreeSet<String> = claims
+        .values()
+        .map(|inst| {
+            let p = world.host_dir(inst).join("etc/kafka-agent/zk-super");
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", p.display());
+            std::fs::read_to_string(&p).unwrap()
+        })
+        .collect();
+    assert_eq!(passwords.len(), 3, "each member its own password");
     let from = claims[&1].clone();
     ens.zk_cli(&world, &from, &["create", "/kept", "before"])
         .await

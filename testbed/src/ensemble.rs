@@ -27,7 +27,7 @@ use anyhow::{Context, Result, bail, ensure};
 use crate::World;
 use crate::cloudinit::{BootSpec, Unit};
 use crate::cluster::{HOOK, ZookeeperAt};
-use crate::zookeeper::{CLASSPATH, JAVA_FLAGS, SUPER_PASSWORD};
+use crate::zookeeper::{CLASSPATH, JAVA_FLAGS};
 
 /// The stack's resource the members signal.
 pub const LOGICAL_ID: &str = "Ensemble";
@@ -43,7 +43,9 @@ pub const ELECTION_PORT: u16 = 3888;
 /// and mounts the member's volume on `DATA_DIR`.
 pub const CONF_DIR: &str = "{host}/etc/zookeeper/conf";
 pub const DATA_DIR: &str = "{host}/var/lib/zookeeper";
-/// The ZooKeeper superuser's password file the image bakes: [`SUPER_PASSWORD`] and a newline.
+/// Each member's ZooKeeper superuser password file: not baked, the agent makes one per
+/// member at its first boot (as the project's image does), so the joins and removals by
+/// reconfig run with a different password on every member.
 pub const SUPERUSER_PASSWORD_FILE: &str = "{host}/etc/kafka-agent/zk-super";
 const AGENT_CONFIG: &str = "{host}/etc/kafka-agent/agent.toml";
 
@@ -166,13 +168,7 @@ pub fn baked_config() -> String {
 pub fn image(spec: &EnsembleSpec) -> BootSpec {
     let host_path = |p: &str| p.replace("{host}", "");
     BootSpec {
-        baked: vec![
-            (host_path(AGENT_CONFIG), baked_config()),
-            (
-                host_path(SUPERUSER_PASSWORD_FILE),
-                format!("{SUPER_PASSWORD}\n"),
-            ),
-        ],
+        baked: vec![(host_path(AGENT_CONFIG), baked_config())],
         units: units(&spec.agent, spec.watch.is_some()),
     }
 }
@@ -836,11 +832,7 @@ mod tests {
             ]
         );
         let baked: Vec<&str> = image.baked.iter().map(|(p, _)| p.as_str()).collect();
-        assert_eq!(
-            baked,
-            ["/etc/kafka-agent/agent.toml", "/etc/kafka-agent/zk-super"]
-        );
-        assert_eq!(image.baked[1].1, "kafka-testbed\n");
+        assert_eq!(baked, ["/etc/kafka-agent/agent.toml"]);
     }
 
     #[test]
