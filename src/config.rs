@@ -982,7 +982,7 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     }
     let signal = validate_signal(raw.signal, err)?;
     let watch = validate_watch(raw.watch, err)?;
-    let ensemble = validate_ensemble(raw.ensemble, raw.cluster.role, backend, size, err)?;
+    let ensemble = validate_ensemble(raw.ensemble, raw.cluster.role, size, err)?;
     Ok(Settings {
         ensemble,
         signal,
@@ -1016,12 +1016,13 @@ fn validate(raw: Raw, err: &dyn Fn(&str, String) -> ConfigError) -> Result<Setti
     })
 }
 
-/// `[ensemble]`: required for role zookeeper, refused for kafka; a ZooKeeper node claims its
-/// myid through CloudWatch Logs (ZooKeeper cannot coordinate its own bootstrap).
+/// `[ensemble]`: for role zookeeper (defaults when absent), refused for kafka. A ZooKeeper
+/// node claims its myid through CloudWatch Logs, or through another ensemble's ZooKeeper:
+/// never through its own, which cannot coordinate its own bootstrap (the agent cannot tell
+/// a connect string naming the ensemble itself, so that is the operator's to keep).
 fn validate_ensemble(
     raw: Option<RawEnsemble>,
     role: Role,
-    backend: Backend,
     size: u32,
     err: &dyn Fn(&str, String) -> ConfigError,
 ) -> Result<Option<EnsembleSettings>, ConfigError> {
@@ -1035,13 +1036,6 @@ fn validate_ensemble(
         }
         (Role::Zookeeper, r) => r.unwrap_or_default(),
     };
-    if backend != Backend::CloudwatchLogs {
-        return Err(err(
-            "claim.backend",
-            "role \"zookeeper\" claims its myid through \"cloudwatch-logs\": ZooKeeper cannot coordinate its own bootstrap"
-                .to_string(),
-        ));
-    }
     let d = crate::render::zoo::ServerSettings::default();
     let port = |key: &str, v: Option<i64>, default: u16| -> Result<u16, ConfigError> {
         Ok(in_range(
@@ -1817,7 +1811,7 @@ mod tests {
     }
 
     #[test]
-    fn a_zookeeper_nodes_ensemble_settings_are_checked_and_it_claims_through_cloudwatch_logs() {
+    fn a_zookeeper_nodes_ensemble_settings_are_checked() {
         let zk = BASE.replace("role = \"kafka\"", "role = \"zookeeper\"");
         let ens = "[ensemble]\nsuperuser_password_file = \"/etc/kafka-agent/zk-super\"\n";
         // Defaults only: the ZooKeeper conventions and a password file of its own.
@@ -1836,13 +1830,12 @@ mod tests {
             got.superuser_password_file,
             PathBuf::from("/etc/kafka-agent/zk-super")
         );
-        // ZooKeeper cannot coordinate its own bootstrap.
+        // Claims through another ensemble's ZooKeeper are the operator's choice.
         let on_zk = format!(
             "{}[zookeeper]\nconnect = \"zk:2181\"\n{ens}",
             zk.replace("cloudwatch-logs", "zookeeper")
         );
-        let e = parse(&[src("/etc/a.toml", &on_zk)]).unwrap_err();
-        assert!(e.message.contains(&format!("`{}`", "claim.backend")), "{e}");
+        assert!(parse(&[src("/etc/a.toml", &on_zk)]).is_ok());
         // Bad values are named.
         for (bad, key) in [
             ("client_port = 2888\n", "ensemble"),
