@@ -201,6 +201,81 @@ pub(crate) fn units(agent: &std::path::Path, standin: &std::path::Path, watch: b
     units
 }
 
+/// An Auto Scaling Group as the project's stacks make one (the testbed's stand-in for the
+/// stack's group resource): a launch configuration of `image_id` and `user_data`, the group
+/// over the AZs' subnets with the stack's and the cluster's tags (propagated at launch), no
+/// instances yet, and the launch hook [`HOOK`] (600 s, DefaultResult ABANDON).
+pub(crate) struct GroupSpec<'a> {
+    pub name: &'a str,
+    pub image_id: &'a str,
+    pub user_data: &'a str,
+    pub azs: &'a [String],
+    pub max_size: i32,
+    pub stack: &'a str,
+    pub logical_id: &'a str,
+    pub cluster: &'a str,
+    pub maintenance: Option<aws_sdk_autoscaling::types::InstanceMaintenancePolicy>,
+}
+
+pub(crate) async fn create_group(
+    world: &World,
+    autoscaling: &aws_sdk_autoscaling::Client,
+    g: GroupSpec<'_>,
+) -> Result<()> {
+    autoscaling
+        .create_launch_configuration()
+        .launch_configuration_name(g.name)
+        .image_id(g.image_id)
+        .instance_type("m5.large")
+        .user_data(crate::cloudinit::base64_encode(g.user_data.as_bytes()))
+        .send()
+        .await
+        .context("CreateLaunchConfiguration")?;
+    let mut subnets: Vec<String> = Vec::new();
+    for az in g.azs {
+        let s = world.subnet(az)?.id.clone();
+        if !subnets.contains(&s) {
+            subnets.push(s);
+        }
+    }
+    let tag = |k: &str, v: &str| {
+        aws_sdk_autoscaling::types::Tag::builder()
+            .resource_id(g.name)
+            .resource_type("auto-scaling-group")
+            .key(k)
+            .value(v)
+            .propagate_at_launch(true)
+            .build()
+    };
+    autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(g.name)
+        .launch_configuration_name(g.name)
+        .min_size(0)
+        .max_size(g.max_size)
+        .desired_capacity(0)
+        .vpc_zone_identifier(subnets.join(","))
+        .health_check_grace_period(0)
+        .tags(tag("aws:cloudformation:stack-name", g.stack))
+        .tags(tag("aws:cloudformation:logical-id", g.logical_id))
+        .tags(tag("kafka-agent:cluster", g.cluster))
+        .set_instance_maintenance_policy(g.maintenance)
+        .send()
+        .await
+        .context("CreateAutoScalingGroup")?;
+    autoscaling
+        .put_lifecycle_hook()
+        .auto_scaling_group_name(g.name)
+        .lifecycle_hook_name(HOOK)
+        .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
+        .heartbeat_timeout(600)
+        .default_result("ABANDON")
+        .send()
+        .await
+        .context("PutLifecycleHook")?;
+    Ok(())
+}
+
 /// Gives `group` the termination hook [`LEAVE_HOOK`] (300 s, DefaultResult CONTINUE).
 pub async fn put_leave_hook(autoscaling: &aws_sdk_autoscaling::Client, group: &str) -> Result<()> {
     autoscaling
@@ -277,62 +352,27 @@ impl Deployed {
         world.boot_with(image(&spec));
         let group = format!("{}-brokers", spec.name);
         let ud = user_data(&spec, &zk_connect);
-        autoscaling
-            .create_launch_configuration()
-            .launch_configuration_name(&group)
-            .image_id("ami-12c6146b")
-            .instance_type("m5.large")
-            .user_data(crate::cloudinit::base64_encode(ud.as_bytes()))
-            .send()
-            .await
-            .context("CreateLaunchConfiguration")?;
-        let mut subnets: Vec<String> = Vec::new();
-        for az in &spec.azs {
-            let s = world.subnet(az)?.id.clone();
-            if !subnets.contains(&s) {
-                subnets.push(s);
-            }
-        }
-        let tag = |k: &str, v: &str| {
-            aws_sdk_autoscaling::types::Tag::builder()
-                .resource_id(&group)
-                .resource_type("auto-scaling-group")
-                .key(k)
-                .value(v)
-                .propagate_at_launch(true)
-                .build()
-        };
-        autoscaling
-            .create_auto_scaling_group()
-            .auto_scaling_group_name(&group)
-            .launch_configuration_name(&group)
-            .min_size(0)
-            .max_size(spec.azs.len() as i32 * 2)
-            .desired_capacity(0)
-            .vpc_zone_identifier(subnets.join(","))
-            .health_check_grace_period(0)
-            .tags(tag("aws:cloudformation:stack-name", &stack))
-            .tags(tag("aws:cloudformation:logical-id", LOGICAL_ID))
-            .tags(tag("kafka-agent:cluster", &spec.name))
-            .set_instance_maintenance_policy(spec.launch_before_terminate.then(|| {
-                aws_sdk_autoscaling::types::InstanceMaintenancePolicy::builder()
-                    .min_healthy_percentage(100)
-                    .max_healthy_percentage(200)
-                    .build()
-            }))
-            .send()
-            .await
-            .context("CreateAutoScalingGroup")?;
-        autoscaling
-            .put_lifecycle_hook()
-            .auto_scaling_group_name(&group)
-            .lifecycle_hook_name(HOOK)
-            .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
-            .heartbeat_timeout(600)
-            .default_result("ABANDON")
-            .send()
-            .await
-            .context("PutLifecycleHook")?;
+        create_group(
+            world,
+            &autoscaling,
+            GroupSpec {
+                name: &group,
+                image_id: "ami-12c6146b",
+                user_data: &ud,
+                azs: &spec.azs,
+                max_size: spec.azs.len() as i32 * 2,
+                stack: &stack,
+                logical_id: LOGICAL_ID,
+                cluster: &spec.name,
+                maintenance: spec.launch_before_terminate.then(|| {
+                    aws_sdk_autoscaling::types::InstanceMaintenancePolicy::builder()
+                        .min_healthy_percentage(100)
+                        .max_healthy_percentage(200)
+                        .build()
+                }),
+            },
+        )
+        .await?;
         if spec.termination_hook {
             put_leave_hook(&autoscaling, &group).await?;
         }

@@ -281,56 +281,22 @@ impl DeployedEnsemble {
 
         world.boot_image(ZOOKEEPER_IMAGE, image(&spec));
         let group = format!("{}-ensemble", spec.name);
-        autoscaling
-            .create_launch_configuration()
-            .launch_configuration_name(&group)
-            .image_id(ZOOKEEPER_IMAGE)
-            .instance_type("m5.large")
-            .user_data(crate::cloudinit::base64_encode(user_data(&spec).as_bytes()))
-            .send()
-            .await
-            .context("CreateLaunchConfiguration")?;
-        let mut subnets: Vec<String> = Vec::new();
-        for az in &spec.azs {
-            let s = world.subnet(az)?.id.clone();
-            if !subnets.contains(&s) {
-                subnets.push(s);
-            }
-        }
-        let tag = |k: &str, v: &str| {
-            aws_sdk_autoscaling::types::Tag::builder()
-                .resource_id(&group)
-                .resource_type("auto-scaling-group")
-                .key(k)
-                .value(v)
-                .propagate_at_launch(true)
-                .build()
-        };
-        autoscaling
-            .create_auto_scaling_group()
-            .auto_scaling_group_name(&group)
-            .launch_configuration_name(&group)
-            .min_size(0)
-            .max_size(spec.max_members.max(spec.size() * 2) as i32)
-            .desired_capacity(0)
-            .vpc_zone_identifier(subnets.join(","))
-            .health_check_grace_period(0)
-            .tags(tag("aws:cloudformation:stack-name", &stack))
-            .tags(tag("aws:cloudformation:logical-id", LOGICAL_ID))
-            .tags(tag("kafka-agent:cluster", &spec.name))
-            .send()
-            .await
-            .context("CreateAutoScalingGroup")?;
-        autoscaling
-            .put_lifecycle_hook()
-            .auto_scaling_group_name(&group)
-            .lifecycle_hook_name(HOOK)
-            .lifecycle_transition("autoscaling:EC2_INSTANCE_LAUNCHING")
-            .heartbeat_timeout(600)
-            .default_result("ABANDON")
-            .send()
-            .await
-            .context("PutLifecycleHook")?;
+        crate::cluster::create_group(
+            world,
+            &autoscaling,
+            crate::cluster::GroupSpec {
+                name: &group,
+                image_id: ZOOKEEPER_IMAGE,
+                user_data: &user_data(&spec),
+                azs: &spec.azs,
+                max_size: spec.max_members.max(spec.size() * 2) as i32,
+                stack: &stack,
+                logical_id: LOGICAL_ID,
+                cluster: &spec.name,
+                maintenance: None,
+            },
+        )
+        .await?;
         let deployed = DeployedEnsemble {
             spec,
             group,
