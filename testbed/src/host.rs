@@ -48,11 +48,13 @@ pub(crate) fn boot(
     netns::ip_in(&ns, &["addr", "add", "169.254.169.254/32", "dev", "lo"])?;
     p.counter += 1;
     let vpc_side = format!("h{}", p.counter);
-    let tmp = format!("{}{}", l.world, p.counter);
-    netns::veth(&tmp, &ns, "ens5", info.mac.as_deref(), &l.vpc_ns, &vpc_side)?;
-    netns::ip_in(
+    netns::veth_to_bridge(
+        &ns,
+        "ens5",
+        info.mac.as_deref(),
         &l.vpc_ns,
-        &["link", "set", &vpc_side, "master", &subnet.bridge, "up"],
+        &vpc_side,
+        &subnet.bridge,
     )?;
     let ip = info
         .private_ip
