@@ -36,7 +36,7 @@ pub(crate) struct Physical {
     /// The VPC's source/destination check: each port on a subnet's bridge (the router side of
     /// a host's interface) with the MAC and addresses of the ENI behind it.
     pub(crate) guards: BTreeMap<String, Guard>,
-    /// The guards as last loaded into the router namespace.
+    /// The guards as last handed to the loader of the router namespace's ruleset.
     loaded_guards: Option<BTreeMap<String, Guard>>,
     /// What a new host runs at boot when no image is registered for its AMI in `images`
     /// (none: it idles; tests run the agent by hand).
@@ -113,15 +113,16 @@ pub(crate) async fn run_loop(
     port: u16,
     handle: tokio::runtime::Handle,
 ) {
+    let guards = guard_loader(layout.vpc_ns.clone());
     let mut seen = None;
     loop {
         match aws::state_after(port, &layout.vpc_id, seen, Duration::from_millis(100)).await {
             Ok(state) => {
                 seen = Some(state.generation);
-                let (l, p, h) = (layout.clone(), phys.clone(), handle.clone());
+                let (l, p, h, g) = (layout.clone(), phys.clone(), handle.clone(), guards.clone());
                 let r = tokio::task::spawn_blocking(move || {
                     let mut p = p.lock().unwrap();
-                    reconcile(&l, &mut p, &state, &h)
+                    reconcile(&l, &mut p, &state, &h, &g)
                 })
                 .await;
                 if let Ok(Err(e)) = r {
@@ -136,6 +137,24 @@ pub(crate) async fn run_loop(
     }
 }
 
+/// Loads the VPC's source/destination check ([`guard_ruleset`]) on a thread of its own, the
+/// newest ruleset sent: `nft` takes ~20 ms, and the hypervisor's next look at EC2 (a volume
+/// attached just after an ENI) need not wait for it. The thread ends with the last sender.
+fn guard_loader(vpc_ns: String) -> std::sync::mpsc::Sender<String> {
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        while let Ok(mut ruleset) = rx.recv() {
+            while let Ok(newer) = rx.try_recv() {
+                ruleset = newer;
+            }
+            if let Err(e) = netns::nft_in(&vpc_ns, &ruleset) {
+                tracing::warn!("hypervisor: loading the VPC's source/destination check: {e:#}");
+            }
+        }
+    });
+    tx
+}
+
 fn present(status: &str) -> bool {
     status == "attached" || status == "detaching"
 }
@@ -146,6 +165,7 @@ fn reconcile(
     p: &mut Physical,
     state: &Ec2State,
     rt: &tokio::runtime::Handle,
+    guards: &std::sync::mpsc::Sender<String>,
 ) -> Result<()> {
     if p.closed {
         return Ok(());
@@ -241,7 +261,7 @@ fn reconcile(
         *host.imds.target_lifecycle_state.write().unwrap() = info.target_lifecycle_state.clone();
     }
     // ENIs (device index > 0; the primary is part of the host): stale ones go first; new
-    // ones are planned here and plumbed (several `ip` runs) on a thread of their own while the
+    // ones are planned here and plumbed (one `ip` run each) on a thread of their own while the
     // volumes are plugged, as EC2 attaches the two independently.
     let want: BTreeMap<&str, &aws::EniInfo> = state
         .enis
@@ -288,8 +308,9 @@ fn reconcile(
     }
     volumes?;
     if p.loaded_guards.as_ref() != Some(&p.guards) {
-        netns::nft_in(&l.vpc_ns, &guard_ruleset(&p.guards))
-            .context("loading the VPC's source/destination check")?;
+        guards
+            .send(guard_ruleset(&p.guards))
+            .map_err(|_| anyhow::anyhow!("the source/destination check's loader is gone"))?;
         p.loaded_guards = Some(p.guards.clone());
     }
     Ok(())
@@ -370,7 +391,6 @@ struct EniPlug {
     instance_id: String,
     ns: String,
     name: String,
-    tmp: String,
     vpc_side: String,
     bridge: String,
     mac: String,
@@ -391,7 +411,6 @@ fn plan_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<EniPlug>
         instance_id: a.instance_id.clone(),
         ns: host.ns.clone(),
         name: format!("ens{}", 5 + a.device_index),
-        tmp: format!("{}{}", l.world, p.counter),
         vpc_side: format!("e{}", p.counter),
         bridge: subnet.bridge.clone(),
         mac: eni.mac.clone(),
@@ -402,19 +421,14 @@ fn plan_eni(l: &Layout, p: &mut Physical, eni: &aws::EniInfo) -> Result<EniPlug>
 impl EniPlug {
     /// The veth pair, its VPC side on the subnet's bridge (touches no [`Physical`]).
     fn plumb(&self, vpc_ns: &str) -> Result<()> {
-        netns::veth(
-            &self.tmp,
+        netns::veth_to_bridge(
             &self.ns,
             &self.name,
             Some(&self.mac),
             vpc_ns,
             &self.vpc_side,
-        )?;
-        netns::ip_in(
-            vpc_ns,
-            &["link", "set", &self.vpc_side, "master", &self.bridge, "up"],
-        )?;
-        Ok(())
+            &self.bridge,
+        )
     }
 
     fn record(self, p: &mut Physical) {
