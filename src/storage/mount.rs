@@ -324,41 +324,45 @@ pub async fn run_step(
     };
 
     tracing::debug!(volume, device = %dev.path.display(), "device present");
-    let mut how = "mounted";
     let what = format!("{volume} ({})", dev.path.display());
-    let state_dir = &settings.paths.state_dir;
+    let state_dir = settings.paths.state_dir.clone();
     let state = match known_state {
         Some(s) => s,
         None => retry_transient(deadline, || volume_state(clients, settings, &volume)).await?,
     };
     let is_new = state.as_deref() == Some("new");
-    let begun = crate::journal::read_if_any::<Format>(state_dir, FORMAT)?
+    let begun = crate::journal::read_if_any::<Format>(&state_dir, FORMAT)?
         .filter(|f| f.volume == volume && f.state == FORMATTING);
-    let (fs, uuid) = if begun.is_some() && is_new {
-        // This node began formatting the volume and did not finish: nothing has mounted it
-        // since (a mount only follows a finished format), so formatting it again, with force,
-        // loses nothing. What a killed mkfs left may look like a filesystem, or like nothing.
-        tracing::warn!(volume, device = %dev.path.display(), "formatting again: the format this node began did not finish");
-        how = "formatted_and_mounted";
-        format(state_dir, &volume, &dev.path, &st.filesystem, true)?
-    } else {
-        match probe_as(&what, &dev.path)? {
-            Some(found) => found,
-            None => {
-                prove_blank(&what, &dev.path)?;
-                if !is_new {
-                    return Err(StorageError::BlankNotNew(format!(
-                        "{what} is blank but tagged {}={}: that is lost data, not a new disk; refusing to format it",
-                        st.state_tag,
+    // What is on the device (and a format when it is provably new): blkid and mkfs block, so
+    // on a thread of their own, as the mounts below.
+    let (fs, uuid, formatted) = blocking({
+        let (state_dir, volume, dev, what) = (
+            state_dir.clone(),
+            volume.clone(),
+            dev.path.clone(),
+            what.clone(),
+        );
+        let (filesystem, state_tag) = (st.filesystem.clone(), st.state_tag.clone());
+        let resumed = begun.is_some();
+        move || {
+            filesystem_on(
+                &state_dir,
+                &volume,
+                &dev,
+                &what,
+                &filesystem,
+                resumed && is_new,
+                is_new,
+                || {
+                    format!(
+                        "{what} is blank but tagged {state_tag}={}: that is lost data, not a new disk; refusing to format it",
                         state.as_deref().unwrap_or("<missing>")
-                    ))
-                    .into());
-                }
-                how = "formatted_and_mounted";
-                format(state_dir, &volume, &dev.path, &st.filesystem, false)?
-            }
+                    )
+                },
+            )
         }
-    };
+    })
+    .await?;
     // A filesystem is on the volume: it is no longer new, whoever made it (a node that died
     // between its mkfs and this tag leaves it to the next one).
     if is_new {
@@ -367,7 +371,7 @@ pub async fn run_step(
     }
     if let Some(begun) = begun {
         crate::journal::record(
-            state_dir,
+            &state_dir,
             FORMAT,
             &Format {
                 state: FORMATTED.into(),
@@ -375,34 +379,150 @@ pub async fn run_step(
             },
         )?;
     }
-
-    // The identity gate looks before anything writes to the volume: through a read-only
-    // mount that also leaves the journal alone (a plain read-only XFS mount still writes its
-    // log and superblock), then again once the read-write mount has replayed the journal.
-    let data_dir = st.data_dir.to_string_lossy().into_owned();
-    let mounted = mounts()
-        .into_iter()
-        .find(|m| m.dev == dev.dev && m.point == data_dir);
-    let role = settings.cluster.role;
-    // Where the rendered configuration will point (log.dirs, dataDir), and the mount itself.
-    let dirs = [st.data_dir.clone(), super::data_dir(role, &st.data_dir)];
-    let refusal = || -> Option<anyhow::Error> {
-        match gate::read(role, &dirs) {
-            Ok(found) => gate::refusal(&volume, &found, id, st.cluster_id.as_deref())
-                .map(|why| StorageError::IdentityMismatch(why).into()),
-            Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
-        }
+    let check = Checked {
+        storage: st.clone(),
+        role: settings.cluster.role,
+        volume: volume.clone(),
+        id,
+        what,
+        fs,
+        uuid,
     };
-    let unmount =
-        || nix::mount::umount(&st.data_dir).with_context(|| format!("unmounting {data_dir}"));
-    match &mounted {
-        Some(m) if !m.read_only => {
-            how = "already";
+    let device = dev.clone();
+    let already = blocking(move || check.mount(&device)).await?;
+    let how = match (formatted, already) {
+        (true, _) => "formatted_and_mounted",
+        (false, true) => "already",
+        (false, false) => "mounted",
+    };
+    let data_dir = st.data_dir.to_string_lossy().into_owned();
+    let out = Mounted {
+        volume,
+        device: dev.path.to_string_lossy().into_owned(),
+        data_dir,
+        how: how.into(),
+    };
+    crate::journal::record(&settings.paths.state_dir, "storage", &out)?;
+    Ok(out)
+}
+
+/// Runs blocking work (child processes, mount(2), reads of the device) on tokio's blocking
+/// pool: `boot` polls its steps side by side in one task, and a step that blocked its thread
+/// would stall the others (the route's IMDS polls sat out a whole mount).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("the mount step's worker thread panicked")?
+}
+
+/// The filesystem on `dev` as (type, UUID, formatted now): what a probe finds, else a fresh
+/// one when the device is provably blank and the volume is tagged new (`is_new`), or again
+/// (`redo`) over a format this node began and did not finish. A blank volume not tagged new
+/// is refused with `not_new()`'s words.
+#[allow(clippy::too_many_arguments)]
+fn filesystem_on(
+    state_dir: &Path,
+    volume: &str,
+    dev: &Path,
+    what: &str,
+    filesystem: &str,
+    redo: bool,
+    is_new: bool,
+    not_new: impl FnOnce() -> String,
+) -> Result<(String, String, bool)> {
+    if redo {
+        // This node began formatting the volume and did not finish: nothing has mounted it
+        // since (a mount only follows a finished format), so formatting it again, with force,
+        // loses nothing. What a killed mkfs left may look like a filesystem, or like nothing.
+        tracing::warn!(volume, device = %dev.display(), "formatting again: the format this node began did not finish");
+        let (fs, uuid) = format(state_dir, volume, dev, filesystem, true)?;
+        return Ok((fs, uuid, true));
+    }
+    if let Some((fs, uuid)) = probe_as(what, dev)? {
+        return Ok((fs, uuid, false));
+    }
+    prove_blank(what, dev)?;
+    if !is_new {
+        return Err(StorageError::BlankNotNew(not_new()).into());
+    }
+    let (fs, uuid) = format(state_dir, volume, dev, filesystem, false)?;
+    Ok((fs, uuid, true))
+}
+
+/// How much smaller than its device a filesystem that fills it may look: statfs leaves out
+/// the filesystem's own metadata (XFS's internal log, ext4's inode tables), under 512 MiB but
+/// on very large volumes. An EBS volume grows by whole GiB ("Size: the target size of the
+/// volume, in GiB", ModifyVolume), so a grown one is always further off than this.
+const GROWN_BY_MORE_THAN: u64 = 512 << 20;
+
+/// Whether the device under the filesystem mounted at `mount_point` is larger than the
+/// filesystem by more than its metadata could explain ([`GROWN_BY_MORE_THAN`]). A volume
+/// whose metadata alone exceeds that is grown every time, which the grow tools do as a no-op.
+fn grown(dev: &Path, mount_point: &Path) -> Result<bool> {
+    use std::io::Seek;
+    let device = std::fs::File::open(dev)
+        .and_then(|mut f| f.seek(std::io::SeekFrom::End(0)))
+        .with_context(|| format!("reading the size of {}", dev.display()))?;
+    let fs = nix::sys::statvfs::statvfs(mount_point)
+        .with_context(|| format!("statfs {}", mount_point.display()))?;
+    let fs = fs.blocks() as u64 * fs.fragment_size() as u64;
+    Ok(fs_needs_growing(device, fs))
+}
+
+fn fs_needs_growing(device_bytes: u64, fs_bytes: u64) -> bool {
+    device_bytes > fs_bytes.saturating_add(GROWN_BY_MORE_THAN)
+}
+
+/// What the identity gate and the mounts need, owned (they run on a worker thread).
+struct Checked {
+    storage: crate::config::Storage,
+    role: crate::config::Role,
+    volume: String,
+    id: u32,
+    what: String,
+    fs: String,
+    uuid: String,
+}
+
+impl Checked {
+    /// Mounts the filesystem on `device` at the data dir behind the identity gate, grows it
+    /// when the volume grew, and writes its fstab line. True when it was mounted read-write
+    /// there already.
+    fn mount(&self, device: &device::Device) -> Result<bool> {
+        let st = &self.storage;
+        let (volume, what, fs) = (&self.volume, &self.what, self.fs.as_str());
+        let (dev_path, dev) = (&device.path, device.dev.as_str());
+        // The identity gate looks before anything writes to the volume: through a read-only
+        // mount that also leaves the journal alone (a plain read-only XFS mount still writes
+        // its log and superblock), then again once the read-write mount has replayed the
+        // journal.
+        let data_dir = st.data_dir.to_string_lossy().into_owned();
+        let mounted = mounts()
+            .into_iter()
+            .find(|m| m.dev == dev && m.point == data_dir);
+        // Where the rendered configuration will point (log.dirs, dataDir), and the mount
+        // itself.
+        let dirs = [
+            st.data_dir.clone(),
+            super::data_dir(self.role, &st.data_dir),
+        ];
+        let refusal = || -> Option<anyhow::Error> {
+            match gate::read(self.role, &dirs) {
+                Ok(found) => gate::refusal(volume, &found, self.id, st.cluster_id.as_deref())
+                    .map(|why| StorageError::IdentityMismatch(why).into()),
+                Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
+            }
+        };
+        let unmount =
+            || nix::mount::umount(&st.data_dir).with_context(|| format!("unmounting {data_dir}"));
+        let already = matches!(&mounted, Some(m) if !m.read_only);
+        if already {
             if let Some(err) = refusal() {
                 return Err(err);
             }
-        }
-        _ => {
+        } else {
             if mounted.is_some() {
                 // A look left by a run killed before its read-write mount.
                 unmount()?;
@@ -410,11 +530,11 @@ pub async fn run_step(
             std::fs::create_dir_all(&st.data_dir)
                 .with_context(|| format!("creating {data_dir}"))?;
             nix::mount::mount(
-                Some(&dev.path),
+                Some(dev_path),
                 &st.data_dir,
-                Some(fs.as_str()),
+                Some(fs),
                 MsFlags::MS_NOATIME | MsFlags::MS_RDONLY,
-                look_options(&fs),
+                look_options(fs),
             )
             .with_context(|| {
                 format!("mounting {what} read-only, without journal recovery, at {data_dir}")
@@ -429,9 +549,9 @@ pub async fn run_step(
                 "identity gate passed read-only; mounting read-write"
             );
             nix::mount::mount(
-                Some(&dev.path),
+                Some(dev_path),
                 &st.data_dir,
-                Some(fs.as_str()),
+                Some(fs),
                 MsFlags::MS_NOATIME,
                 None::<&str>,
             )
@@ -442,35 +562,31 @@ pub async fn run_step(
                 return Err(err);
             }
         }
-    }
-
-    tracing::debug!(volume, data_dir, "mounted");
-    // A volume grown since it was formatted: grow the filesystem (a no-op when it fills the
-    // device already).
-    let grow = match fs.as_str() {
-        "xfs" => run("xfs_growfs", &["-d", &data_dir])?,
-        "ext4" => run("resize2fs", &[&dev.path.to_string_lossy()])?,
-        _ => run("true", &[])?,
-    };
-    if !grow.status.success() {
-        bail!(
-            "growing the filesystem on {what} failed: {}",
-            String::from_utf8_lossy(&grow.stderr).trim()
+        tracing::debug!(volume, data_dir, "mounted");
+        // A volume grown since it was formatted: grow the filesystem.
+        if grown(dev_path, &st.data_dir)? {
+            tracing::info!(volume, data_dir, "the volume grew: growing its filesystem");
+            let grow = match fs {
+                "xfs" => run("xfs_growfs", &["-d", &data_dir])?,
+                "ext4" => run("resize2fs", &[&dev_path.to_string_lossy()])?,
+                _ => run("true", &[])?,
+            };
+            if !grow.status.success() {
+                bail!(
+                    "growing the filesystem on {what} failed: {}",
+                    String::from_utf8_lossy(&grow.stderr).trim()
+                );
+            }
+        }
+        let line = format!(
+            "UUID={} {data_dir} {fs} defaults,noatime,nofail 0 2",
+            self.uuid
         );
+        let current = std::fs::read_to_string(&st.fstab).unwrap_or_default();
+        crate::journal::write_atomic(&st.fstab, fstab_with(&current, &line, &data_dir).as_bytes())
+            .with_context(|| format!("writing {}", st.fstab.display()))?;
+        Ok(already)
     }
-
-    let line = format!("UUID={uuid} {data_dir} {fs} defaults,noatime,nofail 0 2");
-    let current = std::fs::read_to_string(&st.fstab).unwrap_or_default();
-    crate::journal::write_atomic(&st.fstab, fstab_with(&current, &line, &data_dir).as_bytes())
-        .with_context(|| format!("writing {}", st.fstab.display()))?;
-    let out = Mounted {
-        volume,
-        device: dev.path.to_string_lossy().into_owned(),
-        data_dir,
-        how: how.into(),
-    };
-    crate::journal::record(&settings.paths.state_dir, "storage", &out)?;
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -496,6 +612,17 @@ mod tests {
         refused(Some(8), "", "unrecognised_data");
         refused(Some(4), "", "unreadable_device");
         refused(None, "", "unreadable_device");
+    }
+
+    #[test]
+    fn a_filesystem_is_grown_only_when_its_volume_grew_by_whole_gib() {
+        const GIB: u64 = 1 << 30;
+        // A 1 GiB XFS shows ~1014 MiB (its log left out): not grown.
+        assert!(!fs_needs_growing(GIB, GIB - (10 << 20)));
+        // The same filesystem once the volume is 2 GiB.
+        assert!(fs_needs_growing(2 * GIB, GIB - (10 << 20)));
+        // Filled to the device.
+        assert!(!fs_needs_growing(16 * GIB, 16 * GIB));
     }
 
     #[test]
