@@ -439,14 +439,17 @@ async fn converge(
                     };
                 }
                 tracing::info!(resource, "attaching");
-                // Applied: look at once; refused (someone moved first): after a pause.
+                // Applied or refused (someone moved first), the next look comes after a
+                // pause, or not at all when this instance sees the resource arrive first (its
+                // block device, the ENI in IMDS): an attach takes EC2 a moment, and a Describe
+                // at once would only say "attaching".
                 attach_call(settings, clients, me, kind, resource)
                     .await
                     .map(|m| {
                         if m == Mutation::Applied {
                             accepted = Some(Instant::now());
                         }
-                        m == Mutation::Refused
+                        true
                     })
             }
             Action::ForceDetach { holder, why } => {
