@@ -32,7 +32,12 @@ async fn server_time(client: &Client, path: &str) -> Option<(i64, std::time::Ins
     {
         Ok((stat, seq)) => {
             let at = std::time::Instant::now();
-            let _ = client.delete(&format!("{path}/clock-{seq}"), None).await;
+            // Sent now, not waited for: the node is ephemeral and goes with the session
+            // anyway, and the claim's next requests queue behind it in order.
+            let removed = client.delete(&format!("{path}/clock-{seq}"), None);
+            tokio::spawn(async move {
+                let _ = removed.await;
+            });
             Some((stat.ctime, at))
         }
         Err(e) => {
@@ -95,6 +100,11 @@ pub async fn connect(settings: &Settings) -> Result<Client> {
 /// Makes the claim path: its parents open (other clusters' agents may share them), the path
 /// itself protected when a digest is configured (whoever may create below it may claim).
 async fn make_path(client: &Client, path: &str, protected: bool) -> Result<(), ZkError> {
+    // Usually there already: one read, not two refused creates (each a write through the
+    // ensemble's transaction log).
+    if client.check_stat(path).await?.is_some() {
+        return Ok(());
+    }
     if let Some((parent, _)) = path.rsplit_once('/')
         && !parent.is_empty()
     {
