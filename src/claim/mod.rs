@@ -391,72 +391,98 @@ impl Memory {
     }
 }
 
-/// Observes the world for a plan.
+/// Observes the world for a plan, opening the ledger first when `ledger` is None. The
+/// ledger's side (its session, the claims, the registrations, the owners' liveness) and EC2's
+/// tags (the eligibility, asked once per look until kept in `memory`) are independent: they go
+/// side by side, and the look takes as long as the longer of the two.
 async fn observe(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
-    ledger: &Ledger,
+    ledger: &mut Option<Ledger>,
     memory: &mut Memory,
 ) -> Result<Observation> {
     let ids: Vec<u32> = settings.cluster.ids().collect();
-    let (ineligible, resources) = match (&memory.ineligible, &memory.resources) {
-        (Some(i), Some(r)) => (i.clone(), r.clone()),
-        _ => eligibility(settings, clients, me, &ids).await?,
+    let Memory {
+        initial,
+        known,
+        ineligible: kept_ineligible,
+        resources: kept_resources,
+    } = memory;
+    let need_tags = kept_ineligible.is_none() || kept_resources.is_none();
+    let tags = async {
+        if need_tags {
+            Some(eligibility(settings, clients, me, &ids).await)
+        } else {
+            None
+        }
     };
-    let initial = memory.initial.clone();
-    let is_initial = move |id: u32| initial.as_ref().is_none_or(|i| i.contains(&id));
-    let slots = ledger.slots(&is_initial).await?;
-    let registered = ledger.registered().await?;
-    let contended: BTreeSet<u32> = slots
-        .keys()
-        .copied()
-        .filter(|id| !is_initial(*id))
-        .collect();
-    let owners: BTreeMap<String, Option<Duration>> = slots
-        .iter()
-        .filter(|(id, _)| !contended.contains(id))
-        .filter_map(|(_, s)| s.record.as_ref().map(|r| (r.owner.clone(), s.held_for)))
-        .filter(|(o, _)| *o != me.instance_id)
-        .collect();
-    if memory.initial.is_none() {
-        memory.initial = Some(slots.keys().copied().collect());
-        memory.ineligible = Some(ineligible.clone());
-        memory.resources = Some(resources);
+    let ledger_side = async {
+        if ledger.is_none() {
+            *ledger = Some(Ledger::open(settings, clients).await?);
+        }
+        let ledger = ledger.as_ref().expect("opened above");
+        let first = initial.clone();
+        let is_initial = move |id: u32| first.as_ref().is_none_or(|i| i.contains(&id));
+        let slots = ledger.slots(&is_initial).await?;
+        let registered = ledger.registered().await?;
+        let contended: BTreeSet<u32> = slots
+            .keys()
+            .copied()
+            .filter(|id| !is_initial(*id))
+            .collect();
+        let owners: BTreeMap<String, Option<Duration>> = slots
+            .iter()
+            .filter(|(id, _)| !contended.contains(id))
+            .filter_map(|(_, s)| s.record.as_ref().map(|r| (r.owner.clone(), s.held_for)))
+            .filter(|(o, _)| *o != me.instance_id)
+            .collect();
+        // Ask EC2 only about owners not seen yet in this run.
+        let unknown: BTreeMap<String, Option<Duration>> = owners
+            .iter()
+            .filter(|(o, _)| !known.contains_key(*o))
+            .map(|(o, t)| (o.clone(), *t))
+            .collect();
+        known.extend(liveness(clients, &unknown).await?);
+        let owners: BTreeMap<String, Liveness> = owners
+            .into_keys()
+            .filter_map(|o| known.get(&o).map(|l| (o, l.clone())))
+            .collect();
+        // Before a slot without a readable record can be taken for abandoned, EC2 must show
+        // that no live instance carries the id (the tag a completed claim sets on its
+        // instance).
+        let mut tagged = BTreeMap::new();
+        for (id, slot) in &slots {
+            if slot.record.is_some() || slot.age.is_none_or(|a| a < ABANDONED_AFTER) {
+                continue;
+            }
+            let holders = clients
+                .ec2
+                .instances_tagged(&settings.instance_tags(*id))
+                .await?;
+            if let Some((holder, _)) = holders.iter().find(|(i, state)| {
+                **i != me.instance_id
+                    && matches!(Liveness::of(Some(state.as_str())), Liveness::Alive(_))
+            }) {
+                tagged.insert(*id, holder.clone());
+            }
+        }
+        Ok::<_, anyhow::Error>((slots, registered, contended, owners, tagged))
+    };
+    let (tags, looked) = tokio::join!(tags, ledger_side);
+    // The tags are kept even when the ledger's side failed: the next attempt needs them too.
+    if let Some(tags) = tags {
+        let (i, r) = tags?;
+        *kept_ineligible = Some(i);
+        *kept_resources = Some(r);
     }
-    let known = &mut memory.known;
-    // Ask EC2 only about owners not seen yet in this run.
-    let unknown: BTreeMap<String, Option<Duration>> = owners
-        .iter()
-        .filter(|(o, _)| !known.contains_key(*o))
-        .map(|(o, t)| (o.clone(), *t))
-        .collect();
-    known.extend(liveness(clients, &unknown).await?);
-    let owners = owners
-        .into_keys()
-        .filter_map(|o| known.get(&o).map(|l| (o, l.clone())))
-        .collect();
-    // Before a slot without a readable record can be taken for abandoned, EC2 must show that
-    // no live instance carries the id (the tag a completed claim sets on its instance).
-    let mut tagged = BTreeMap::new();
-    for (id, slot) in &slots {
-        if slot.record.is_some() || slot.age.is_none_or(|a| a < ABANDONED_AFTER) {
-            continue;
-        }
-        let holders = clients
-            .ec2
-            .instances_tagged(&settings.instance_tags(*id))
-            .await?;
-        if let Some((holder, _)) = holders.iter().find(|(i, state)| {
-            **i != me.instance_id
-                && matches!(Liveness::of(Some(state.as_str())), Liveness::Alive(_))
-        }) {
-            tagged.insert(*id, holder.clone());
-        }
+    let (slots, registered, contended, owners, tagged) = looked?;
+    if initial.is_none() {
+        *initial = Some(slots.keys().copied().collect());
     }
     Ok(Observation {
         ids,
-        ineligible,
+        ineligible: kept_ineligible.clone().unwrap_or_default(),
         slots,
         registered,
         contended,
@@ -608,8 +634,7 @@ pub async fn dry_run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     loop {
         let attempt = async {
-            let ledger = Ledger::open(settings, clients).await?;
-            let obs = observe(settings, clients, me, &ledger, &mut Memory::default()).await?;
+            let obs = observe(settings, clients, me, &mut None, &mut Memory::default()).await?;
             Ok::<_, anyhow::Error>(plan(&obs, &me.instance_id))
         };
         match attempt.await {
@@ -729,26 +754,6 @@ impl<'a> Claimer<'a> {
 
     /// One attempt: observe (or reuse the last look after a lost race), plan, apply the plan.
     async fn attempt(&mut self) -> Result<Step> {
-        if self.ledger.is_none() {
-            // The eligibility (EC2's tags) is asked while the ledger opens (a ZooKeeper
-            // session takes a round trip or two): both are needed before anything else.
-            let need_tags = self.memory.ineligible.is_none();
-            let ids: Vec<u32> = self.settings.cluster.ids().collect();
-            let (ledger, tags) = tokio::join!(Ledger::open(self.settings, self.clients), async {
-                if need_tags {
-                    Some(eligibility(self.settings, self.clients, self.me, &ids).await)
-                } else {
-                    None
-                }
-            });
-            self.ledger = Some(ledger?);
-            if let Some(tags) = tags {
-                let (ineligible, resources) = tags?;
-                self.memory.ineligible = Some(ineligible);
-                self.memory.resources = Some(resources);
-            }
-        }
-        let ledger = self.ledger.as_ref().expect("opened above");
         let (mut obs, stale) = match self.cached.take() {
             Some(o) => (o, true),
             None => (
@@ -756,13 +761,14 @@ impl<'a> Claimer<'a> {
                     self.settings,
                     self.clients,
                     self.me,
-                    ledger,
+                    &mut self.ledger,
                     &mut self.memory,
                 )
                 .await?,
                 false,
             ),
         };
+        let ledger = self.ledger.as_ref().expect("opened by the first look");
         let spread = if self.losses == 0 {
             1
         } else {
