@@ -249,7 +249,7 @@ async fn steps(
         deadline.run("claim", claim::hold(settings, &clients, &me, at)),
     )
     .await?;
-    // The instance tag, the attach, the mount and the route go side by side: mount and route
+    // The attach (then the instance tag), the mount and the route go side by side: mount and route
     // wait for the volume's device and the ENI to arrive here (the proof that they are
     // attached), and their arrival ends the attach step's wait for EC2 to say so. When the
     // claim did not find every resource, the attach step looks for them first.
@@ -267,14 +267,15 @@ async fn steps(
             false,
             at,
         );
-        let (r, ()) = tokio::join!(
-            deadline.run("attach", step),
-            claim::tag_instance(settings, &clients, &me, claim.id, at)
-        );
+        let r = deadline.run("attach", step).await;
+        let took = started.elapsed();
         if r.is_err() {
             attach_failed.send_replace(true);
         }
-        (started.elapsed(), r)
+        // The instance tag comes after the attach: the attach calls start what takes EC2 time,
+        // and no step waits for the tag.
+        claim::tag_instance(settings, &clients, &me, claim.id, at).await;
+        (took, r)
     };
     let ((a_took, attach), (m_took, mount), (r_took, route)) = match &early {
         Some(handed) => {
