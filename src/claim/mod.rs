@@ -671,7 +671,7 @@ pub async fn run(
 }
 
 /// Claims an id (held in the ledger and journalled) without tagging the instance: `boot` tags
-/// it beside the attach step ([`tag_instance`]).
+/// it after the attach step ([`tag_instance`]).
 pub async fn hold(
     settings: &Settings,
     clients: &Clients,
