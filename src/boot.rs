@@ -232,12 +232,17 @@ async fn steps(
     j: &mut BootJournal,
     ctx: &mut Option<Ctx>,
 ) -> Result<Booted> {
-    let (clients, me) = timed(
-        j,
-        "start",
-        deadline.run("start", Clients::connect(deadline.at())),
-    )
-    .await?;
+    // A ZooKeeper ledger needs neither the identity nor the clients: its session opens while
+    // the start step reads IMDS.
+    let (started, ledger) = tokio::join!(
+        timed(
+            j,
+            "start",
+            deadline.run("start", Clients::connect(deadline.at())),
+        ),
+        claim::open_early(settings, deadline.at()),
+    );
+    let (clients, me) = started?;
     *ctx = Some(Ctx {
         clients: clients.clone(),
         me: me.clone(),
@@ -246,7 +251,10 @@ async fn steps(
     let claim = timed(
         j,
         "claim",
-        deadline.run("claim", claim::hold(settings, &clients, &me, at)),
+        deadline.run(
+            "claim",
+            claim::hold_with(settings, &clients, &me, at, ledger),
+        ),
     )
     .await?;
     // The attach (then the instance tag), the mount and the route go side by side: mount and route

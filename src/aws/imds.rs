@@ -83,10 +83,16 @@ impl Imds {
     pub async fn identity(&self, deadline: Instant) -> Result<Identity> {
         let get =
             |path: &'static str| super::retry_transient(deadline, move || self.get_nonempty(path));
+        // One token (the client's cache shares its load), then the three reads at once.
+        let (instance_id, az, region) = tokio::try_join!(
+            get("/latest/meta-data/instance-id"),
+            get("/latest/meta-data/placement/availability-zone"),
+            get("/latest/meta-data/placement/region"),
+        )?;
         Ok(Identity {
-            instance_id: get("/latest/meta-data/instance-id").await?,
-            az: get("/latest/meta-data/placement/availability-zone").await?,
-            region: get("/latest/meta-data/placement/region").await?,
+            instance_id,
+            az,
+            region,
         })
     }
 

@@ -678,7 +678,39 @@ pub async fn hold(
     me: &Identity,
     deadline: Instant,
 ) -> Result<Claim> {
-    Claimer::new(settings, clients, me, deadline).run().await
+    hold_with(settings, clients, me, deadline, None).await
+}
+
+/// [`hold`], with a ledger opened beforehand ([`open_early`]) when there is one.
+pub async fn hold_with(
+    settings: &Settings,
+    clients: &Clients,
+    me: &Identity,
+    deadline: Instant,
+    ledger: Option<Ledger>,
+) -> Result<Claim> {
+    let mut claimer = Claimer::new(settings, clients, me, deadline);
+    claimer.ledger = ledger;
+    claimer.run().await
+}
+
+/// Opens a ZooKeeper ledger before the instance's identity and AWS clients exist (it needs
+/// neither): boot opens its session while it reads IMDS. `None` for the CloudWatch Logs
+/// ledger (it needs the clients) and when the open fails or `deadline` passes: the claim then
+/// opens the ledger itself, and meets the failure where it is retried and reported.
+pub async fn open_early(settings: &Settings, deadline: Instant) -> Option<Ledger> {
+    if settings.claim.backend != Backend::Zookeeper {
+        return None;
+    }
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, zookeeper::ZkLedger::open(settings)).await {
+        Ok(Ok(l)) => Some(Ledger::Zookeeper(l)),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %format!("{e:#}"), "the early ledger open failed: the claim opens it");
+            None
+        }
+        Err(_) => None,
+    }
 }
 
 /// What one attempt came to.
