@@ -616,9 +616,11 @@ pub async fn run(
             .await
             .map(Some)
     };
-    let (eni, volume) = tokio::join!(
+    // The volume's call goes out first: after it come the device, the mount and the identity
+    // gate, the longer road of the two (join! polls its futures in order).
+    let (volume, eni) = tokio::join!(
+        one(Kind::Volume, settings.resources.volume),
         one(Kind::Eni, settings.resources.eni),
-        one(Kind::Volume, settings.resources.volume)
     );
     let out = Attachment {
         broker_id: id,

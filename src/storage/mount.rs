@@ -153,8 +153,9 @@ pub struct Format {
 }
 
 /// The device of a volume EC2 reports attached shows up within moments (NVMe hot-plug, then
-/// udev): sysfs is read every 10 ms for the first seconds, then less often.
-const DEVICE_POLL: Duration = Duration::from_millis(10);
+/// udev): sysfs is read every 2 ms for the first seconds (a directory listing and a few small
+/// reads each; the mount, the identity gate and the render all wait on this), then less often.
+const DEVICE_POLL: Duration = Duration::from_millis(2);
 const DEVICE_STEADY: Duration = Duration::from_secs(3);
 
 const FORMAT: &str = "format";
