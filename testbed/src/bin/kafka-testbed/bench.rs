@@ -359,8 +359,9 @@ fn boot_once(
 /// a new instance after the old one is terminated; no added delays. Wall time of the whole
 /// `kafka-agent boot` process, AWS API calls it makes, its peak RSS.
 #[tokio::main]
-pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
+pub async fn boot(agent: Option<PathBuf>, against: Option<PathBuf>, samples: usize) -> Result<()> {
     let agent = agent_path(agent)?;
+    let against = against.map(|a| agent_path(Some(a))).transpose()?;
     let services = Services::start(1)?;
     let world = World::create(&services, &["a"]).await?;
     let settings = kafka_testbed::aws::ScopeSettings {
@@ -377,6 +378,14 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         "boot benchmark: agent {}, {samples} replacement boots (ZooKeeper ledger, ENI + volume, render), no added delays",
         agent.display()
     );
+    if let Some(b) = &against {
+        println!(
+            "against {}: it runs every other replacement boot (odd samples); the lines after \
+             the first two are for both agents",
+            b.display()
+        );
+    }
+    let mut walls_b = Vec::new();
     let count = |stats: &std::collections::BTreeMap<
         String,
         std::collections::BTreeMap<String, (u64, f64)>,
@@ -412,8 +421,12 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         let second = world.launch("a", &[]).await?;
         let config = boot_config(&world, &second, &cluster)?;
         let before = services.moto.stats().await?;
+        let runs = match &against {
+            Some(b) if i % 2 == 1 => b,
+            _ => &agent,
+        };
         let (wall, peak, out) =
-            tokio::task::block_in_place(|| boot_once(&world, &second, &agent, &config))?;
+            tokio::task::block_in_place(|| boot_once(&world, &second, runs, &config))?;
         let after = services.moto.stats().await?;
         if let Some(dir) = &keep_logs {
             std::fs::create_dir_all(dir)?;
@@ -437,7 +450,11 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
                 .or_default()
                 .push(Duration::from_millis(step["ms"].as_u64().unwrap_or(0)));
         }
-        walls.push(wall);
+        if against.is_some() && i % 2 == 1 {
+            walls_b.push(wall);
+        } else {
+            walls.push(wall);
+        }
         calls.push(count(&after) - count(&before));
         rss.push(peak);
         if let Some(m) = after.get(&world.scope) {
@@ -461,6 +478,16 @@ pub async fn boot(agent: Option<PathBuf>, samples: usize) -> Result<()> {
         calls.iter().max().unwrap(),
         rss.iter().max().unwrap(),
     );
+    if !walls_b.is_empty() {
+        walls_b.sort();
+        println!(
+            "against (process wall): p50 {} p99 {} max {} over {} boots",
+            ms(percentile(&walls_b, 0.5)),
+            ms(percentile(&walls_b, 0.99)),
+            ms(*walls_b.last().unwrap()),
+            walls_b.len(),
+        );
+    }
     let per: Vec<String> = by_action
         .iter()
         .filter(|(_, n)| **n > 0)

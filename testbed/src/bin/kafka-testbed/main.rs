@@ -84,6 +84,10 @@ enum Cmd {
         /// The kafka-agent binary to run (default: beside this one).
         #[arg(long)]
         agent: Option<std::path::PathBuf>,
+        /// A second kafka-agent binary: every other replacement boot runs it instead, in the
+        /// same world (an A/B comparison that this machine's drift between runs cannot skew).
+        #[arg(long)]
+        against: Option<std::path::PathBuf>,
         #[arg(long, default_value_t = 20)]
         samples: usize,
     },
@@ -198,7 +202,11 @@ fn main() -> ExitCode {
             delay,
             samples,
         } => bench::attach(agent, delay, samples),
-        Cmd::BenchBoot { agent, samples } => bench::boot(agent, samples),
+        Cmd::BenchBoot {
+            agent,
+            against,
+            samples,
+        } => bench::boot(agent, against, samples),
         Cmd::BenchHeal {
             backend,
             samples,
