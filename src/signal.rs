@@ -336,6 +336,35 @@ pub fn registration_serves(data: &[u8], hosts: &[String]) -> Result<(), String> 
     ))
 }
 
+/// How much earlier than this boot's start a registration may say it was made and still be
+/// taken for this boot's broker: the boot's start is journalled in whole seconds, and a clock
+/// stepped back by the time service after boot began moves the broker's stamps back with it.
+const REGISTRATION_SLACK_MS: u64 = 2_000;
+
+/// Whether a `/brokers/ids/<id>` registration was made by a broker started after `not_before`
+/// (Unix ms): Kafka stamps it with its clock (`"timestamp"`, ms as a string), the clock of
+/// this host. An older one is a predecessor's whose session has not expired yet (a killed
+/// broker's lasts its session timeout), advertising the same address (the ENI came over with
+/// the id); this node's broker cannot register until it is gone (NodeExists). A registration
+/// without a readable stamp is not held against the broker. Pure.
+pub fn registration_is_since(data: &[u8], not_before: u64) -> Result<(), String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(data).map_err(|e| format!("the registration is not JSON: {e}"))?;
+    let stamp = match &v["timestamp"] {
+        serde_json::Value::String(s) => s.parse::<u64>().ok(),
+        serde_json::Value::Number(n) => n.as_u64(),
+        _ => None,
+    };
+    match stamp {
+        Some(t) if t.saturating_add(REGISTRATION_SLACK_MS) < not_before => Err(format!(
+            "the registration dates from {:.1} s before this boot began: a predecessor's, \
+             whose session has not expired yet (this broker registers once it is gone)",
+            (not_before - t) as f64 / 1000.0
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The port of the listener other nodes reach this one on: the inter-broker listener's, or a
 /// controller-only node's controller listener's (kraft's readiness, the watchdog's probe).
 pub(crate) fn peer_port(settings: &Settings) -> Option<u16> {
@@ -354,6 +383,7 @@ async fn serving(
     joining: &mut crate::ensemble::step::Joining,
     id: u32,
     address: IpAddr,
+    not_before: Option<u64>,
     until: Instant,
 ) -> Option<String> {
     let within = |t: Duration| until.saturating_duration_since(Instant::now()).min(t);
@@ -406,6 +436,9 @@ async fn serving(
                 {
                     Ok(Ok((data, _))) => {
                         registration_serves(&data, &advertised_hosts(settings, id, address))
+                            .and_then(|()| {
+                                not_before.map_or(Ok(()), |t| registration_is_since(&data, t))
+                            })
                     }
                     Ok(Err(zookeeper_client::Error::NoNode)) => {
                         Err(format!("{path} does not exist"))
@@ -453,12 +486,14 @@ async fn serving(
 /// advertised address; kraft, the advertised listener accepts TCP connections (plus the
 /// optional `[signal] ready_command`). A ZooKeeper node serves once it is a voting member in
 /// sync ([`crate::ensemble::step::voting_member`], which adds it by reconfig when its boot's
-/// plan says so). Err of
+/// plan says so). A registration stamped before `not_before` (Unix ms: this boot's start) is
+/// a predecessor's ([`registration_is_since`]), not this broker serving. Err of
 /// [`NotReady`] (kind `not_ready`) on timeout.
 pub async fn wait_ready(
     settings: &Settings,
     id: u32,
     address: IpAddr,
+    not_before: Option<u64>,
     deadline: Instant,
 ) -> Result<()> {
     let started = Instant::now();
@@ -469,7 +504,17 @@ pub async fn wait_ready(
     let mut joining = crate::ensemble::step::Joining::default();
     let mut last = String::new();
     loop {
-        match serving(settings, &mut zk, &mut joining, id, address, until).await {
+        match serving(
+            settings,
+            &mut zk,
+            &mut joining,
+            id,
+            address,
+            not_before,
+            until,
+        )
+        .await
+        {
             None => {
                 tracing::info!(broker_id = id, address = %address, waited_ms = started.elapsed().as_millis() as u64, "serving");
                 return Ok(());
@@ -572,9 +617,14 @@ pub async fn run(
     // Keep time to tell the outcome: a quarter of what is left, at most 10 s.
     let remaining = deadline.saturating_duration_since(Instant::now());
     let ready_by = deadline - (remaining / 4).min(Duration::from_secs(10));
+    // This boot's start (its journal), before which no registration is this boot's broker's.
+    let not_before =
+        crate::journal::read::<crate::boot::BootJournal>(&settings.paths.state_dir, "boot")
+            .ok()
+            .map(|b| b.started_unix * 1000);
     let ready = with_heartbeats(settings, clients, me, &targets, async {
         let address = address(settings, ready_by).await?;
-        wait_ready(settings, claim.id, address, ready_by).await
+        wait_ready(settings, claim.id, address, not_before, ready_by).await
     })
     .await;
     match ready {
@@ -656,6 +706,24 @@ mod tests {
             r.starts_with("identity_mismatch: é") && r.ends_with("..."),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_registration_from_before_this_boot_is_a_predecessors() {
+        let reg =
+            |t: &str| format!(r#"{{"endpoints":["PLAINTEXT://10.0.1.7:9092"],"timestamp":{t}}}"#);
+        let boot = 1_800_000_000_000u64;
+        // Kafka writes the stamp as a string of ms.
+        assert!(registration_is_since(reg(r#""1800000000500""#).as_bytes(), boot).is_ok());
+        let e = registration_is_since(reg(r#""1799999940000""#).as_bytes(), boot).unwrap_err();
+        assert!(e.contains("60.0 s before this boot"), "{e}");
+        // Within the slack (whole-second start, a clock stepped back a little): this broker's.
+        assert!(registration_is_since(reg(r#""1799999999000""#).as_bytes(), boot).is_ok());
+        assert!(registration_is_since(reg(r#""1799999997000""#).as_bytes(), boot).is_err());
+        // A number is read too; no stamp, or an unreadable one, is not held against it.
+        assert!(registration_is_since(reg("1799999940000").as_bytes(), boot).is_err());
+        assert!(registration_is_since(br#"{"endpoints":[]}"#, boot).is_ok());
+        assert!(registration_is_since(reg(r#""soon""#).as_bytes(), boot).is_ok());
     }
 
     #[test]

@@ -152,6 +152,11 @@ fn dropin(world: &World, cluster: &Cluster, inst: &str, keys: &str) -> PathBuf {
 
 /// Plays Kafka: the broker's ephemeral registration, advertising `host`.
 async fn register(zk: &zookeeper_client::Client, id: u32, host: &str) {
+    register_at(zk, id, host, common::now_ms()).await;
+}
+
+/// [`register`] with the registration's `timestamp` (the broker's clock when it registered).
+async fn register_at(zk: &zookeeper_client::Client, id: u32, host: &str, timestamp_ms: i64) {
     zk.mkdir("/brokers/ids", &common::persistent())
         .await
         .unwrap();
@@ -159,7 +164,7 @@ async fn register(zk: &zookeeper_client::Client, id: u32, host: &str) {
         "listener_security_protocol_map": {"PLAINTEXT": "PLAINTEXT"},
         "endpoints": [format!("PLAINTEXT://{host}:9092")],
         "jmx_port": -1, "host": host, "port": 9092, "version": 5,
-        "timestamp": common::now_ms().to_string(),
+        "timestamp": timestamp_ms.to_string(),
     });
     zk.create(
         &format!("/brokers/ids/{id}"),
@@ -609,10 +614,15 @@ async fn boots_then_signals(backend: Backend) {
         assert_eq!(zk.check_stat(&cluster.claim_path()).await.unwrap(), None);
     }
 
+    // A predecessor's registration at the same address (the ENI came over with the id), from
+    // before this boot, its session not yet expired (a killed broker's lasts its timeout):
+    // not this node's broker, which fails to register while it is there (NodeExists).
+    register_at(&zk, 0, &ip, common::now_ms() - 60_000).await;
     let agent = tokio::spawn(signal_command(&world, &cluster, &inst, &keys).output());
     still_waiting(&inst, &agent).await;
 
-    // Kafka starts with the rendered file and registers what it advertises.
+    // The old session expires; Kafka (restarted) registers what it advertises.
+    zk.delete("/brokers/ids/0", None).await.unwrap();
     register(&zk, 0, &ip).await;
     succeeded(agent).await;
     told_success(&inst, &stack).await;
