@@ -170,9 +170,13 @@ async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
                     .as_deref()
                     .map(|i| world.agent_journal(i, "boot"))
                     .unwrap_or_default();
+                let logs = now
+                    .as_deref()
+                    .map(|i| host_logs(&world, i))
+                    .unwrap_or_default();
                 assert!(
                     Instant::now() < until,
-                    "{e:#}; id {} on {now:?}: boot {boot}\nevents {events:?}\ngroup {:?}",
+                    "{e:#}; id {} on {now:?}: boot {boot}\nevents {events:?}\ngroup {:?}\n{logs}",
                     victim.id,
                     cluster.instances().await
                 );
@@ -186,6 +190,24 @@ async fn a_failed_broker_is_marked_unhealthy_and_replaced_with_its_id(
         "records after the replacement"
     );
     let _ = watch.kill().await;
+}
+
+/// The last lines of each unit's log on a host (`var/log/<unit>.log`): what its broker and
+/// the agent's units said, for a failure's message.
+fn host_logs(world: &World, inst: &str) -> String {
+    let dir = world.host_dir(inst).join("var/log");
+    let mut out = String::new();
+    let mut names: Vec<_> = std::fs::read_dir(&dir)
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    names.sort();
+    for path in names {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        out.push_str(&format!("--- {}\n{tail}\n", path.display()));
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread")]
