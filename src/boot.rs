@@ -232,17 +232,25 @@ async fn steps(
     j: &mut BootJournal,
     ctx: &mut Option<Ctx>,
 ) -> Result<Booted> {
-    // A ZooKeeper ledger needs neither the identity nor the clients: its session opens while
-    // the start step reads IMDS.
-    let (started, ledger) = tokio::join!(
-        timed(
-            j,
-            "start",
-            deadline.run("start", Clients::connect(deadline.at())),
-        ),
-        claim::open_early(settings, deadline.at()),
-    );
-    let (clients, me) = started?;
+    // A ZooKeeper ledger needs neither the identity nor the clients: its session opens on a
+    // task of its own while the start step reads IMDS, and the claim takes it where it needs
+    // it (the claim's look at EC2 does not wait for it).
+    let ledger = claim::open_early(settings, deadline.at());
+    let started = timed(
+        j,
+        "start",
+        deadline.run("start", Clients::connect(deadline.at())),
+    )
+    .await;
+    let (clients, me) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(opening) = &ledger {
+                opening.abort();
+            }
+            return Err(e);
+        }
+    };
     *ctx = Some(Ctx {
         clients: clients.clone(),
         me: me.clone(),

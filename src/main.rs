@@ -10,6 +10,7 @@ use kafka_agent::{cli, exit};
 #[tokio::main]
 async fn main() {
     let cli = cli::Cli::parse();
+    kafka_agent::aws::warm_tls();
     // The agent's own lines at info; its libraries' (the ZooKeeper client's session chatter,
     // the SDK's) only when they warn, unless asked for with -v / -vv.
     let filter = match cli.verbose {

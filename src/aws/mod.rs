@@ -55,6 +55,25 @@ impl Clients {
     }
 }
 
+/// Loads the platform's root certificates for the SDK's HTTPS client on a thread of its own.
+/// The SDK loads them once per process (a lazily set static), when it makes its first
+/// connector, which the first request (IMDS's token) waits for: 5-10 ms here, reading and
+/// decoding the CA bundle. Begun as the process starts, that work overlaps the configuration's
+/// load, the boot journal's write and the ZooKeeper session's opening; a request that needs
+/// the roots sooner waits for the same load, not a second one.
+pub fn warm_tls() {
+    let _ = std::thread::Builder::new()
+        .name("tls-roots".into())
+        .spawn(|| {
+            use aws_smithy_http_client::tls;
+            let _ = aws_smithy_http_client::Connector::builder()
+                .tls_provider(tls::Provider::Rustls(
+                    tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build();
+        });
+}
+
 /// A failure worth retrying until the deadline (the service is unreachable or throttling).
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]

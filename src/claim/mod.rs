@@ -400,6 +400,7 @@ async fn observe(
     clients: &Clients,
     me: &Identity,
     ledger: &mut Option<Ledger>,
+    early: &mut Option<EarlyLedger>,
     memory: &mut Memory,
 ) -> Result<Observation> {
     let ids: Vec<u32> = settings.cluster.ids().collect();
@@ -418,6 +419,11 @@ async fn observe(
         }
     };
     let ledger_side = async {
+        if ledger.is_none()
+            && let Some(opening) = early.take()
+        {
+            *ledger = opening.await.ok().flatten();
+        }
         if ledger.is_none() {
             *ledger = Some(Ledger::open(settings, clients).await?);
         }
@@ -634,7 +640,15 @@ pub async fn dry_run(
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline);
     loop {
         let attempt = async {
-            let obs = observe(settings, clients, me, &mut None, &mut Memory::default()).await?;
+            let obs = observe(
+                settings,
+                clients,
+                me,
+                &mut None,
+                &mut None,
+                &mut Memory::default(),
+            )
+            .await?;
             Ok::<_, anyhow::Error>(plan(&obs, &me.instance_id))
         };
         match attempt.await {
@@ -681,36 +695,44 @@ pub async fn hold(
     hold_with(settings, clients, me, deadline, None).await
 }
 
-/// [`hold`], with a ledger opened beforehand ([`open_early`]) when there is one.
+/// [`hold`], with the ledger's opening begun beforehand ([`open_early`]) when there is one.
 pub async fn hold_with(
     settings: &Settings,
     clients: &Clients,
     me: &Identity,
     deadline: Instant,
-    ledger: Option<Ledger>,
+    early: Option<EarlyLedger>,
 ) -> Result<Claim> {
     let mut claimer = Claimer::new(settings, clients, me, deadline);
-    claimer.ledger = ledger;
+    claimer.early = early;
     claimer.run().await
 }
 
-/// Opens a ZooKeeper ledger before the instance's identity and AWS clients exist (it needs
-/// neither): boot opens its session while it reads IMDS. `None` for the CloudWatch Logs
-/// ledger (it needs the clients) and when the open fails or `deadline` passes: the claim then
-/// opens the ledger itself, and meets the failure where it is retried and reported.
-pub async fn open_early(settings: &Settings, deadline: Instant) -> Option<Ledger> {
+/// A ledger being opened on a task of its own ([`open_early`]).
+pub type EarlyLedger = tokio::task::JoinHandle<Option<Ledger>>;
+
+/// Begins opening a ZooKeeper ledger before the instance's identity and AWS clients exist (it
+/// needs neither): boot's start step reads IMDS meanwhile, and the claim's first look takes
+/// the ledger where it looks at the ledger, beside EC2's tags, without waiting for it
+/// elsewhere. `None` for the CloudWatch Logs ledger (it needs the clients). The task's ledger
+/// is `None` when the open fails or `deadline` passes: the claim then opens the ledger itself,
+/// and meets the failure where it is retried and reported.
+pub fn open_early(settings: &Settings, deadline: Instant) -> Option<EarlyLedger> {
     if settings.claim.backend != Backend::Zookeeper {
         return None;
     }
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    match tokio::time::timeout(remaining, zookeeper::ZkLedger::open(settings)).await {
-        Ok(Ok(l)) => Some(Ledger::Zookeeper(l)),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %format!("{e:#}"), "the early ledger open failed: the claim opens it");
-            None
+    let settings = settings.clone();
+    Some(tokio::spawn(async move {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, zookeeper::ZkLedger::open(&settings)).await {
+            Ok(Ok(l)) => Some(Ledger::Zookeeper(l)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %format!("{e:#}"), "the early ledger open failed: the claim opens it");
+                None
+            }
+            Err(_) => None,
         }
-        Err(_) => None,
-    }
+    }))
 }
 
 /// What one attempt came to.
@@ -734,6 +756,8 @@ struct Claimer<'a> {
     backoff: Backoff,
     /// Opened on first use; a ZooKeeper ledger is reopened after a transient error.
     ledger: Option<Ledger>,
+    /// The ledger's opening, begun before the claim ([`open_early`]); taken by the first look.
+    early: Option<EarlyLedger>,
     memory: Memory,
     /// Races lost so far: each widens the spread of the next pick.
     losses: u32,
@@ -761,6 +785,7 @@ impl<'a> Claimer<'a> {
             deadline,
             backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(5), deadline),
             ledger: None,
+            early: None,
             memory: Memory::default(),
             losses: 0,
             cached: None,
@@ -794,6 +819,7 @@ impl<'a> Claimer<'a> {
                     self.clients,
                     self.me,
                     &mut self.ledger,
+                    &mut self.early,
                     &mut self.memory,
                 )
                 .await?,
