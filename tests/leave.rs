@@ -100,7 +100,10 @@ async fn left_cleanly(world: &World, cluster: &Deployed, inst: &str, eni: &str, 
             at("complete")
         );
     }
-    assert!(at("complete") <= shutdown, "{j}");
+    // The hook's completion was asked for before the shutdown began (EC2 shuts the instance
+    // down once it has the CONTINUE; its answer may reach the agent after that).
+    let asked = step("complete")["started_unix_ms"].as_u64().unwrap() as u128;
+    assert!(asked <= shutdown, "{j}");
     // The broker stopped through its unit (SIGTERM: it exited 0, closing its session).
     assert!(
         world
