@@ -146,8 +146,11 @@ async fn user_data(config: &aws_config::SdkConfig, instance_id: &str) -> Option<
     (!text.is_empty()).then_some(text)
 }
 
-/// Takes a host down: its mounts, loop devices, interfaces and IMDS go away.
-pub(crate) fn halt(p: &mut Physical, instance_id: &str) {
+/// Takes a host down: its processes (all of them), mounts, loop devices, interfaces and IMDS
+/// go away. The interfaces' VPC sides (`vpc_ns`) are deleted here, not left to the
+/// namespace's end: a terminated instance's ENI is off the subnet at once, even while
+/// something still holds the host's namespace open.
+pub(crate) fn halt(p: &mut Physical, vpc_ns: &str, instance_id: &str) {
     let vols: Vec<String> = p
         .volumes
         .iter()
@@ -169,12 +172,14 @@ pub(crate) fn halt(p: &mut Physical, instance_id: &str) {
         .map(|e| e.vpc_side.clone())
         .chain([host.port.clone()])
         .collect();
-    for port in ports {
-        p.guards.remove(&port);
-    }
-    p.enis.retain(|_, e| e.instance_id != instance_id);
     host.imds_task.abort();
     host.procs.signal(nix::sys::signal::Signal::SIGKILL);
+    netns::kill_all_in(&host.ns);
+    for port in ports {
+        p.guards.remove(&port);
+        let _ = netns::ip_in(vpc_ns, &["link", "delete", &port]);
+    }
+    p.enis.retain(|_, e| e.instance_id != instance_id);
     let _ = netns::delete(&host.ns);
 }
 

@@ -184,7 +184,7 @@ fn reconcile(
         .cloned()
         .collect();
     for h in gone {
-        halt(p, &h);
+        halt(p, &l.vpc_ns, &h);
     }
     // The OS of an instance shutting down stops its services (SIGTERM), as systemd would.
     for (id, info) in &running {

@@ -84,6 +84,42 @@ pub fn delete(ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Kills (SIGKILL) every process whose network namespace is `ns`, except this one: what a
+/// host's power going off does to whatever ran on it, including what a test or an operator
+/// started there by hand. Left alive, one process keeps the namespace (and every interface in
+/// it, addresses and MACs included) after `ip netns delete`.
+pub fn kill_all_in(ns: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(target) = std::fs::metadata(path(ns)) else {
+        return;
+    };
+    let me = std::process::id();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let Ok(net) = std::fs::metadata(entry.path().join("ns/net")) else {
+            continue; // gone meanwhile, or a kernel thread
+        };
+        if net.dev() == target.dev() && net.ino() == target.ino() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Names of the existing namespaces that start with `prefix`.
 pub fn list(prefix: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir("/run/netns")

@@ -236,7 +236,7 @@ impl World {
             .with_context(|| format!("rebooting {instance_id}"))?;
         {
             let mut p = self.phys.lock().unwrap();
-            halt(&mut p, instance_id);
+            halt(&mut p, &self.vpc_ns, instance_id);
         }
         self.wait_for(Duration::from_secs(30), "host to boot again", |p| {
             p.hosts.contains_key(instance_id)
@@ -377,6 +377,12 @@ impl World {
         host::links(&self.netns(instance_id))
     }
 
+    /// The interfaces in the VPC's own namespace (the subnets' bridges and every host's and
+    /// ENI's port on them), with their MAC addresses.
+    pub fn vpc_links(&self) -> Result<BTreeMap<String, String>> {
+        host::links(&self.vpc_ns)
+    }
+
     /// The block devices in a host's device view: node name -> serial.
     pub fn host_devices(&self, instance_id: &str) -> BTreeMap<String, String> {
         host::devices(&self.host_dir(instance_id))
@@ -427,7 +433,7 @@ impl World {
         p.closed = true;
         let hosts: Vec<String> = p.hosts.keys().cloned().collect();
         for h in hosts {
-            halt(&mut p, &h);
+            halt(&mut p, &self.vpc_ns, &h);
         }
         let _ = netns::delete(&self.vpc_ns);
         if std::env::var_os("KAFKA_TESTBED_KEEP").is_none() {

@@ -461,6 +461,62 @@ async fn two_instances_in_a_subnet_reach_each_other_over_their_enis() {
     assert_eq!(&buf, b"hello");
 }
 
+/// Terminating an instance ends every process on its host (one started there by hand too)
+/// and takes its interfaces off the subnet at once, as EC2's termination does. A process left
+/// running held the host's namespace, and with it the ENI's interface: after the ENI moved,
+/// two ports on the bridge had its MAC and address, and the dead host refused connections
+/// meant for the new one (tests/watch.rs, CI of stop 20).
+#[tokio::test]
+async fn a_terminated_instance_leaves_nothing_running_and_nothing_on_the_subnet() {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            shutdown_delay: Some(0.0),
+            pending_delay: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let ec2 = ec2(&world);
+    let before = world.vpc_links().unwrap();
+    let inst = world.launch("a", &[]).await.unwrap();
+    let (eni, _) = world.create_eni("a", &[]).await.unwrap();
+    ec2.attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&inst)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    world
+        .wait_until(Duration::from_secs(10), "ens6", || {
+            world
+                .host_links(&inst)
+                .is_ok_and(|l| l.contains_key("ens6"))
+        })
+        .await
+        .unwrap();
+    let plugged = world.vpc_links().unwrap();
+    assert_eq!(plugged.len(), before.len() + 2, "{before:?} -> {plugged:?}");
+    let mut by_hand = world
+        .command(&inst, "sleep")
+        .unwrap()
+        .arg("600")
+        .spawn()
+        .unwrap();
+    world.terminate(&inst).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while by_hand.try_wait().unwrap().is_none() {
+        if Instant::now() > until {
+            let _ = by_hand.kill();
+            panic!("a process on the terminated host still runs");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(world.vpc_links().unwrap(), before);
+}
+
 /// The gateway keeps its MAC while hosts and their ports come and go, as the VPC router
 /// does: a host that resolved it before keeps reaching the services behind it at once. (A
 /// Linux bridge left to itself wears its lowest port MAC; when that port went, hosts kept
