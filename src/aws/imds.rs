@@ -59,10 +59,42 @@ fn read_error(e: ImdsError, path: &str) -> anyhow::Error {
     }
 }
 
+/// Whether IMDS is spoken over plain HTTP, as EC2 serves it (`http://169.254.169.254`, or
+/// `http://[fd00:ec2::254]`: "IMDS ... over HTTP", EC2 User Guide, "Access instance
+/// metadata"). Only an endpoint set to an `https://` URL, in the environment or the shared
+/// config file, needs TLS.
+fn plain_http() -> bool {
+    if let Ok(url) = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+        && !url.trim().is_empty()
+    {
+        return !url.trim().to_ascii_lowercase().starts_with("https");
+    }
+    let file = std::env::var_os("AWS_CONFIG_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".aws/config")));
+    let config = file
+        .and_then(|f| std::fs::read_to_string(f).ok())
+        .unwrap_or_default();
+    !config.lines().any(|l| {
+        let l = l.trim().to_ascii_lowercase();
+        l.starts_with("ec2_metadata_service_endpoint") && l.contains("https")
+    })
+}
+
 impl Imds {
     pub fn new() -> Imds {
+        let mut builder = aws_config::imds::Client::builder();
+        if plain_http() {
+            // A connector without TLS: the SDK's default one loads the platform's root
+            // certificates first (5-10 ms, once per process), which the identity's first
+            // read, the boot's first request, would wait for.
+            let http = aws_smithy_http_client::Builder::new().build_http();
+            builder = builder.configure(
+                &aws_config::provider_config::ProviderConfig::default().with_http_client(http),
+            );
+        }
         Imds {
-            client: aws_config::imds::Client::builder()
+            client: builder
                 .connect_timeout(CONNECT_TIMEOUT)
                 .read_timeout(READ_TIMEOUT)
                 .operation_attempt_timeout(ATTEMPT_TIMEOUT)
