@@ -334,9 +334,25 @@ pub async fn run_step(
     let is_new = state.as_deref() == Some("new");
     let begun = crate::journal::read_if_any::<Format>(&state_dir, FORMAT)?
         .filter(|f| f.volume == volume && f.state == FORMATTING);
+    let checked = |fs: String, uuid: String| Checked {
+        storage: st.clone(),
+        role: settings.cluster.role,
+        volume: volume.clone(),
+        id,
+        what: what.clone(),
+        fs,
+        uuid,
+    };
+    // A volume that is not new, with no format of ours pending and nothing mounted at the data
+    // directory, holds a filesystem or is refused: the identity gate's read-only look (with
+    // the configured filesystem) goes beside the probe (blkid, ~8 ms), which must still pass
+    // before anything writes. The look writes nothing; when the probe names another
+    // filesystem, or the look could not be taken, it is taken again after the probe.
+    let data_dir = st.data_dir.to_string_lossy().into_owned();
+    let look_early = !is_new && begun.is_none() && !mounts().iter().any(|m| m.point == data_dir);
     // What is on the device (and a format when it is provably new): blkid and mkfs block, so
     // on a thread of their own, as the mounts below.
-    let (fs, uuid, formatted) = blocking({
+    let probing = blocking({
         let (state_dir, volume, dev, what) = (
             state_dir.clone(),
             volume.clone(),
@@ -362,8 +378,20 @@ pub async fn run_step(
                 },
             )
         }
-    })
-    .await?;
+    });
+    let (probed, early) = if look_early {
+        let (check, device) = (checked(st.filesystem.clone(), String::new()), dev.clone());
+        let (probed, looked) = tokio::join!(probing, blocking(move || Ok(check.look(&device))));
+        (probed, Some(looked.and_then(|l| l)))
+    } else {
+        (probing.await, None)
+    };
+    let (fs, uuid, formatted) = probed?;
+    let looked = match early {
+        Some(Ok(Ok(()))) if fs == st.filesystem => true,
+        Some(Ok(Err(refusal))) if fs == st.filesystem => return Err(refusal),
+        _ => false,
+    };
     // A filesystem is on the volume: it is no longer new, whoever made it (a node that died
     // between its mkfs and this tag leaves it to the next one).
     if is_new {
@@ -380,23 +408,14 @@ pub async fn run_step(
             },
         )?;
     }
-    let check = Checked {
-        storage: st.clone(),
-        role: settings.cluster.role,
-        volume: volume.clone(),
-        id,
-        what,
-        fs,
-        uuid,
-    };
+    let check = checked(fs, uuid);
     let device = dev.clone();
-    let already = blocking(move || check.mount(&device)).await?;
+    let already = blocking(move || check.mount(&device, looked)).await?;
     let how = match (formatted, already) {
         (true, _) => "formatted_and_mounted",
         (false, true) => "already",
         (false, false) => "mounted",
     };
-    let data_dir = st.data_dir.to_string_lossy().into_owned();
     let out = Mounted {
         volume,
         device: dev.path.to_string_lossy().into_owned(),
@@ -488,39 +507,70 @@ struct Checked {
 }
 
 impl Checked {
-    /// Mounts the filesystem on `device` at the data dir behind the identity gate, grows it
-    /// when the volume grew, and writes its fstab line. True when it was mounted read-write
-    /// there already.
-    fn mount(&self, device: &device::Device) -> Result<bool> {
+    /// The identity gate's look: the filesystem mounted read-only at the data directory, in
+    /// a way that also leaves its journal alone (a plain read-only XFS mount still writes its
+    /// log and superblock), the gate, and the unmount. Err when the look could not be taken
+    /// (mount or unmount failed); Ok(Err) when the gate refuses the data.
+    fn look(&self, device: &device::Device) -> Result<Result<()>> {
+        let st = &self.storage;
+        let (what, fs) = (&self.what, self.fs.as_str());
+        let data_dir = st.data_dir.to_string_lossy().into_owned();
+        std::fs::create_dir_all(&st.data_dir).with_context(|| format!("creating {data_dir}"))?;
+        nix::mount::mount(
+            Some(&device.path),
+            &st.data_dir,
+            Some(fs),
+            MsFlags::MS_NOATIME | MsFlags::MS_RDONLY,
+            look_options(fs),
+        )
+        .with_context(|| {
+            format!("mounting {what} read-only, without journal recovery, at {data_dir}")
+        })?;
+        let refused = self.refusal();
+        nix::mount::umount(&st.data_dir).with_context(|| format!("unmounting {data_dir}"))?;
+        Ok(match refused {
+            Some(err) => Err(err),
+            None => Ok(()),
+        })
+    }
+
+    /// Why the data at the data directory is not this id's (and cluster's), if it is not:
+    /// read where the rendered configuration will point (log.dirs, dataDir) and at the mount
+    /// itself.
+    fn refusal(&self) -> Option<anyhow::Error> {
+        let st = &self.storage;
+        let volume = &self.volume;
+        let dirs = [
+            st.data_dir.clone(),
+            super::data_dir(self.role, &st.data_dir),
+        ];
+        match gate::read(self.role, &dirs) {
+            Ok(found) => gate::refusal(volume, &found, self.id, st.cluster_id.as_deref())
+                .map(|why| StorageError::IdentityMismatch(why).into()),
+            Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
+        }
+    }
+
+    /// Mounts the filesystem on `device` at the data dir behind the identity gate (its look
+    /// taken here unless `looked`: passed on this filesystem just before), grows it when the
+    /// volume grew, and writes its fstab line. True when it was mounted read-write there
+    /// already.
+    fn mount(&self, device: &device::Device, looked: bool) -> Result<bool> {
         let st = &self.storage;
         let (volume, what, fs) = (&self.volume, &self.what, self.fs.as_str());
         let (dev_path, dev) = (&device.path, device.dev.as_str());
-        // The identity gate looks before anything writes to the volume: through a read-only
-        // mount that also leaves the journal alone (a plain read-only XFS mount still writes
-        // its log and superblock), then again once the read-write mount has replayed the
+        // The identity gate looks before anything writes to the volume, through a read-only
+        // look ([`Checked::look`]), then again once the read-write mount has replayed the
         // journal.
         let data_dir = st.data_dir.to_string_lossy().into_owned();
         let mounted = mounts()
             .into_iter()
             .find(|m| m.dev == dev && m.point == data_dir);
-        // Where the rendered configuration will point (log.dirs, dataDir), and the mount
-        // itself.
-        let dirs = [
-            st.data_dir.clone(),
-            super::data_dir(self.role, &st.data_dir),
-        ];
-        let refusal = || -> Option<anyhow::Error> {
-            match gate::read(self.role, &dirs) {
-                Ok(found) => gate::refusal(volume, &found, self.id, st.cluster_id.as_deref())
-                    .map(|why| StorageError::IdentityMismatch(why).into()),
-                Err(e) => Some(e.context(format!("checking whose data {volume} holds"))),
-            }
-        };
         let unmount =
             || nix::mount::umount(&st.data_dir).with_context(|| format!("unmounting {data_dir}"));
         let already = matches!(&mounted, Some(m) if !m.read_only);
         if already {
-            if let Some(err) = refusal() {
+            if let Some(err) = self.refusal() {
                 return Err(err);
             }
         } else {
@@ -528,22 +578,8 @@ impl Checked {
                 // A look left by a run killed before its read-write mount.
                 unmount()?;
             }
-            std::fs::create_dir_all(&st.data_dir)
-                .with_context(|| format!("creating {data_dir}"))?;
-            nix::mount::mount(
-                Some(dev_path),
-                &st.data_dir,
-                Some(fs),
-                MsFlags::MS_NOATIME | MsFlags::MS_RDONLY,
-                look_options(fs),
-            )
-            .with_context(|| {
-                format!("mounting {what} read-only, without journal recovery, at {data_dir}")
-            })?;
-            let refused = refusal();
-            unmount()?;
-            if let Some(err) = refused {
-                return Err(err);
+            if !looked {
+                self.look(device)??;
             }
             tracing::debug!(
                 volume,
@@ -558,7 +594,7 @@ impl Checked {
             )
             .with_context(|| format!("mounting {what} read-write at {data_dir}"))?;
             // What a crashed writer left in the journal shows only now that it is replayed.
-            if let Some(err) = refusal() {
+            if let Some(err) = self.refusal() {
                 let _ = unmount();
                 return Err(err);
             }
