@@ -367,29 +367,52 @@ async fn a_volume_keeps_its_bytes_from_one_instance_to_the_next() {
     assert_eq!(String::from_utf8_lossy(&buf), payload);
 }
 
+/// A world in AZ `a` whose instances start and terminate without EC2's pending and
+/// shutting-down delays.
+async fn world_without_delays() -> World {
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    configure(
+        &world,
+        ScopeSettings {
+            shutdown_delay: Some(0.0),
+            pending_delay: Some(0.0),
+            ..Default::default()
+        },
+    )
+    .await;
+    world
+}
+
+/// A new instance in AZ `a` with a new ENI attached at device index 1, once its host shows
+/// the interface (`ens6`): the instance and the ENI's address.
+async fn launch_with_eni(world: &World) -> (String, String) {
+    let inst = world.launch("a", &[]).await.unwrap();
+    let (eni, ip) = world.create_eni("a", &[]).await.unwrap();
+    ec2(world)
+        .attach_network_interface()
+        .network_interface_id(&eni)
+        .instance_id(&inst)
+        .device_index(1)
+        .send()
+        .await
+        .unwrap();
+    world
+        .wait_until(Duration::from_secs(10), "ens6", || {
+            world
+                .host_links(&inst)
+                .is_ok_and(|l| l.contains_key("ens6"))
+        })
+        .await
+        .unwrap();
+    (inst, ip)
+}
+
 #[tokio::test]
 async fn two_instances_in_a_subnet_reach_each_other_over_their_enis() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
-    let ec2 = ec2(&world);
     let mut ends = Vec::new();
     for _ in 0..2 {
-        let inst = world.launch("a", &[]).await.unwrap();
-        let (eni, ip) = world.create_eni("a", &[]).await.unwrap();
-        ec2.attach_network_interface()
-            .network_interface_id(&eni)
-            .instance_id(&inst)
-            .device_index(1)
-            .send()
-            .await
-            .unwrap();
-        world
-            .wait_until(Duration::from_secs(10), "ens6", || {
-                world
-                    .host_links(&inst)
-                    .is_ok_and(|l| l.contains_key("ens6"))
-            })
-            .await
-            .unwrap();
+        let (inst, ip) = launch_with_eni(&world).await;
         let ns = world.netns(&inst);
         netns::ip_in(&ns, &["addr", "add", &format!("{ip}/24"), "dev", "ens6"]).unwrap();
         netns::ip_in(&ns, &["link", "set", "ens6", "up"]).unwrap();
@@ -468,35 +491,9 @@ async fn two_instances_in_a_subnet_reach_each_other_over_their_enis() {
 /// meant for the new one (tests/watch.rs, CI of stop 20).
 #[tokio::test]
 async fn a_terminated_instance_leaves_nothing_running_and_nothing_on_the_subnet() {
-    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
-    configure(
-        &world,
-        ScopeSettings {
-            shutdown_delay: Some(0.0),
-            pending_delay: Some(0.0),
-            ..Default::default()
-        },
-    )
-    .await;
-    let ec2 = ec2(&world);
+    let world = world_without_delays().await;
     let before = world.vpc_links().unwrap();
-    let inst = world.launch("a", &[]).await.unwrap();
-    let (eni, _) = world.create_eni("a", &[]).await.unwrap();
-    ec2.attach_network_interface()
-        .network_interface_id(&eni)
-        .instance_id(&inst)
-        .device_index(1)
-        .send()
-        .await
-        .unwrap();
-    world
-        .wait_until(Duration::from_secs(10), "ens6", || {
-            world
-                .host_links(&inst)
-                .is_ok_and(|l| l.contains_key("ens6"))
-        })
-        .await
-        .unwrap();
+    let (inst, _) = launch_with_eni(&world).await;
     let plugged = world.vpc_links().unwrap();
     assert_eq!(plugged.len(), before.len() + 2, "{before:?} -> {plugged:?}");
     let mut by_hand = world
@@ -523,16 +520,7 @@ async fn a_terminated_instance_leaves_nothing_running_and_nothing_on_the_subnet(
 /// sending to a MAC nobody had until their neighbour entry failed, 20-50 s later.)
 #[tokio::test]
 async fn the_gateway_keeps_its_mac_while_other_hosts_come_and_go() {
-    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
-    configure(
-        &world,
-        ScopeSettings {
-            shutdown_delay: Some(0.0),
-            pending_delay: Some(0.0),
-            ..Default::default()
-        },
-    )
-    .await;
+    let world = world_without_delays().await;
     let mut others = Vec::new();
     for _ in 0..6 {
         others.push(world.launch("a", &[]).await.unwrap());
