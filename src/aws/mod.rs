@@ -56,11 +56,12 @@ impl Clients {
 }
 
 /// Loads the platform's root certificates for the SDK's HTTPS client on a thread of its own.
-/// The SDK loads them once per process (a lazily set static), when it makes its first
-/// connector, which the first request (IMDS's token) waits for: 5-10 ms here, reading and
-/// decoding the CA bundle. Begun as the process starts, that work overlaps the configuration's
-/// load, the boot journal's write and the ZooKeeper session's opening; a request that needs
-/// the roots sooner waits for the same load, not a second one.
+/// The SDK loads them once per process (a lazily set static), when it makes its first TLS
+/// connector, which the first AWS request (the claim's) waits for: 5-10 ms here, reading and
+/// decoding the CA bundle. IMDS is read over plain HTTP and does not wait for them
+/// ([`imds`]); begun as the process starts, the load overlaps the identity's reads, the
+/// configuration's load and the ZooKeeper session's opening; a request that needs the roots
+/// sooner waits for the same load, not a second one.
 pub fn warm_tls() {
     let _ = std::thread::Builder::new()
         .name("tls-roots".into())
