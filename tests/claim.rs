@@ -319,6 +319,38 @@ async fn throttled_cloudwatch_logs_is_retried_until_every_agent_holds_an_id() {
 }
 
 #[tokio::test]
+async fn a_role_that_may_not_create_the_log_group_claims_in_the_one_made_beforehand() {
+    // A least-privilege role without logs:CreateLogGroup: the agent asks to create the group
+    // first and is refused with AccessDeniedException, as IAM refuses.
+    let world = World::create(testbed::shared(), &["a"]).await.unwrap();
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            denied_actions: Some(vec!["CreateLogGroup".into()]),
+            ..Default::default()
+        },
+    )
+    .await;
+    let cluster = Cluster::new(&world, Backend::Cwl, 2, false);
+    let first = world.launch("a", &[]).await.unwrap();
+    // No group yet: the claim fails at once, naming the group and the refusal.
+    let (code, stderr) = cluster.claim(&world, &first).await.unwrap_err();
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains(&cluster.log_group())
+            && stderr.contains("does not exist")
+            && stderr.contains("AccessDeniedException"),
+        "{stderr}"
+    );
+    // The operator made it beforehand: the refusal is no obstacle.
+    cluster.make_log_group().await;
+    assert_eq!(
+        cluster.claim(&world, &first).await.unwrap(),
+        (0, "created".to_string())
+    );
+}
+
+#[tokio::test]
 async fn an_empty_first_page_never_lets_a_live_brokers_id_be_taken() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     let cluster = Cluster::new(&world, Backend::Cwl, 2, false);

@@ -113,12 +113,7 @@ async fn a_live_registration_blocks_its_id_whatever_the_backend() {
 async fn a_claim_log_group_with_a_retention_policy_is_refused() {
     let world = World::create(testbed::shared(), &["a"]).await.unwrap();
     let cluster = Cluster::new(&world, Backend::Cwl, 2, false);
-    let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
-    logs.create_log_group()
-        .log_group_name(cluster.log_group())
-        .send()
-        .await
-        .unwrap();
+    let logs = cluster.make_log_group().await;
     logs.put_retention_policy()
         .log_group_name(cluster.log_group())
         .retention_in_days(7)

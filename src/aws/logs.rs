@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Result;
+use aws_sdk_cloudwatchlogs::error::ProvideErrorMetadata;
 use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::interceptors::Intercept;
@@ -117,8 +118,10 @@ impl Logs {
     }
 
     /// Creates the log group unless it exists; returns its retention in days, if it has a
-    /// retention policy.
+    /// retention policy. A role that may not create groups (the operator made it beforehand)
+    /// is fine as long as the group is there.
     pub async fn ensure_group(&self, group: &str) -> Result<Option<i32>> {
+        let mut denied = None;
         match self
             .client
             .create_log_group()
@@ -130,6 +133,10 @@ impl Logs {
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_already_exists_exception()) => {}
+            Err(e) if e.code() == Some("AccessDeniedException") => {
+                tracing::debug!(group, "may not create the log group; looking for it");
+                denied = Some(aws_error(e, &format!("creating log group {group}")));
+            }
             Err(e) => return Err(aws_error(e, &format!("creating log group {group}"))),
         }
         let mut pages = self
@@ -148,7 +155,10 @@ impl Logs {
                 return Ok(g.retention_in_days());
             }
         }
-        Ok(None)
+        match denied {
+            Some(e) => Err(e.context(format!("the log group {group} does not exist"))),
+            None => Ok(None),
+        }
     }
 
     /// Every stream of `group` whose name starts with `prefix`, all pages.

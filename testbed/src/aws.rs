@@ -203,6 +203,10 @@ pub struct ScopeSettings {
     /// Limit faults to these actions (e.g. `CreateLogStream`); `Some(vec![])` means none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fault_actions: Option<Vec<String>>,
+    /// Actions the scope's role may not call: answered as IAM refuses (EC2
+    /// `UnauthorizedOperation`, CloudWatch Logs `AccessDeniedException`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denied_actions: Option<Vec<String>>,
     /// Seconds a new instance is `pending` before `running` (default 0.2).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pending_delay: Option<f64>,

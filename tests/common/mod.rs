@@ -292,6 +292,17 @@ impl Cluster {
             .unwrap()
     }
 
+    /// Makes the claim log group, as an operator would beforehand; returns the client that did.
+    pub async fn make_log_group(&self) -> aws_sdk_cloudwatchlogs::Client {
+        let logs = aws_sdk_cloudwatchlogs::Client::new(&testbed::shared().moto.sdk_config("seed"));
+        logs.create_log_group()
+            .log_group_name(self.log_group())
+            .send()
+            .await
+            .unwrap();
+        logs
+    }
+
     /// Writes a claim record for `id` owned by `owner`, as an earlier agent would have.
     pub async fn seed(&self, id: u32, owner: &str) {
         let record = Record {

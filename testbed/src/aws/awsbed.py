@@ -119,6 +119,13 @@ DEFAULTS = {
     "error_rate": 0.0,  # share of calls answered with a 5xx
     "latency_ms": 0,  # added to every call
     "fault_actions": None,  # list of actions faults apply to; None = all
+    # Actions the caller's role may not call: each is answered as IAM refuses, EC2 with
+    # UnauthorizedOperation (403; "Error codes for the Amazon EC2 API"), the JSON services
+    # (CloudWatch Logs) with AccessDeniedException (400; CloudWatch Logs API Reference,
+    # "Common Errors"), the query ones with AccessDenied (403). A least-privilege role an
+    # operator writes may leave out what the agent could do without (CreateLogGroup on a group
+    # made beforehand).
+    "denied_actions": [],
     # Seconds between an Auto Scaling group's health checks: an instance EC2 no longer runs,
     # or one marked Unhealthy, is replaced at the next one. The service publishes no interval
     # ("continuously monitors"); EC2's own status checks run every minute
@@ -391,6 +398,16 @@ def throttle_error(protocol, service):
     if protocol == "json":
         return AwsError("ThrottlingException", "Rate exceeded", 400)
     return AwsError("Throttling", "Rate exceeded", 400)
+
+
+def denied_error(protocol, service, action):
+    if service == "ec2":
+        return AwsError("UnauthorizedOperation",
+                        "You are not authorized to perform this operation.", 403)
+    if protocol == "json":
+        return AwsError("AccessDeniedException",
+                        f"User is not authorized to perform: {service}:{action}", 400)
+    return AwsError("AccessDenied", f"User is not authorized to perform: {service}:{action}", 403)
 
 
 def server_error(conf, protocol, service):
@@ -1823,7 +1840,11 @@ class Testbed:
         conf = settings(scope)
         if conf["latency_ms"]:
             time.sleep(conf["latency_ms"] / 1000.0)
-        fault = fault_for(conf, action, protocol, service)
+        fault = None
+        if action in (conf.get("denied_actions") or []):
+            fault = denied_error(protocol, service, action)
+        if fault is None:
+            fault = fault_for(conf, action, protocol, service)
         if fault is None and not bucket_allows(scope, conf, action):
             fault = throttle_error(protocol, service)
         if fault is not None:
