@@ -9,7 +9,8 @@
 //! * shutting down: its OS may still be flushing Kafka's segments, and EC2 refuses a detach
 //!   meanwhile; wait for EC2 to release it once the instance is terminated (`released`);
 //! * terminated: EC2 releases what it held by itself; only a holder that still holds it after
-//!   `resources.release_grace_seconds` is force-detached (`took_over`);
+//!   `resources.release_grace_seconds` is force-detached (`took_over`), also when its
+//!   detach is still in flight then (EC2 documents detaches stuck until forced);
 //! * not listed by EC2: a new instance may not be visible yet (eventual consistency), so it
 //!   must stay unlisted for `resources.gone_after_seconds` before it is taken for gone.
 //!
@@ -82,11 +83,19 @@ pub fn decide(holder: &Holder, seen_for: Duration, patience: &Patience) -> Actio
         Holder::Nobody => Action::Attach,
         Holder::Me(state) if state == "attached" => Action::Done,
         Holder::Me(state) => Action::Wait(format!("{state} here")),
+        // A detach in flight is waited for, except from a dead holder past the grace: EC2
+        // documents a detach that can stay "busy while detaching" indefinitely until it is
+        // forced (EC2 API Reference, DetachVolume), and no one is left to unmount it.
         Holder::Other {
             instance,
             attachment,
-            ..
-        } if attachment == "detaching" => Action::Wait(format!("detaching from {instance}")),
+            instance_state,
+        } if attachment == "detaching"
+            && (seen_for < patience.release_grace
+                || matches!(Liveness::of(instance_state.as_deref()), Liveness::Alive(_))) =>
+        {
+            Action::Wait(format!("detaching from {instance}"))
+        }
         Holder::Other {
             instance,
             instance_state,
@@ -699,6 +708,24 @@ mod tests {
         assert!(matches!(
             decide(&held, PATIENCE.gone_after, &PATIENCE),
             Action::ForceDetach { .. }
+        ));
+    }
+
+    #[test]
+    fn a_detach_that_stays_in_flight_from_a_dead_holder_is_forced_after_the_grace() {
+        let stuck = other(Some("terminated"), "detaching");
+        assert!(matches!(
+            decide(&stuck, PATIENCE.release_grace, &PATIENCE),
+            Action::ForceDetach { .. }
+        ));
+        // From a live holder it is its own detach: waited for, never forced.
+        assert!(matches!(
+            decide(
+                &other(Some("running"), "detaching"),
+                PATIENCE.gone_after * 10,
+                &PATIENCE
+            ),
+            Action::Wait(_)
         ));
     }
 

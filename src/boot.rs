@@ -336,10 +336,16 @@ async fn steps(
     let attach = attach?;
     let (mount, route) = (mount?, route?);
     let render = if settings.kafka.is_some() && settings.cluster.role == Role::Kafka {
-        let address = match attach.eni.as_ref().and_then(|e| e.ips.first()) {
-            Some(ip) => ip
-                .parse::<IpAddr>()
-                .with_context(|| format!("the ENI's address {ip}"))?,
+        // The ENI's primary address (it moves with the id); the instance's own only when no
+        // ENI is managed: never the instance's when an ENI is, as it would not follow the id.
+        let address = match attach.eni.as_ref() {
+            Some(e) => {
+                let ip = e.ips.first().with_context(|| {
+                    format!("EC2 describes no private address on the ENI {}", e.id)
+                })?;
+                ip.parse::<IpAddr>()
+                    .with_context(|| format!("the ENI's address {ip}"))?
+            }
             None => crate::aws::imds::Imds::new().local_ipv4(at).await?,
         };
         let started = Instant::now();

@@ -123,13 +123,15 @@ pub enum Mutation {
 
 /// A mutating call's outcome: applied, refused as a race, or failed (a permanent refusal
 /// such as an invalid device name fails at once).
-fn tolerate_race<T, E, R>(
-    result: std::result::Result<T, aws_sdk_ec2::error::SdkError<E, R>>,
+fn tolerate_race<T, E>(
+    result: std::result::Result<
+        T,
+        aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+    >,
     doing: &str,
 ) -> Result<Mutation>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     match result {
         Ok(_) => Ok(Mutation::Applied),
@@ -156,14 +158,31 @@ fn eni_resource(eni: &aws_sdk_ec2::types::NetworkInterface) -> Resource {
     Resource {
         id: eni.network_interface_id().unwrap_or_default().to_string(),
         attachment,
-        ips: eni
-            .private_ip_addresses()
-            .iter()
-            .filter_map(|a| a.private_ip_address().map(str::to_string))
-            .collect(),
+        ips: eni_ips(eni),
         mac: eni.mac_address().map(str::to_string),
         tags: tag_map(eni.tag_set()),
     }
+}
+
+/// The ENI's private IPv4 addresses, its primary first (the broker advertises the first, and
+/// the primary is the one that stays with the ENI). EC2 documents no order for
+/// `PrivateIpAddresses`: each entry says whether it is the primary, and `PrivateIpAddress`
+/// names it too (EC2 API Reference, NetworkInterface and NetworkInterfacePrivateIpAddress).
+fn eni_ips(eni: &aws_sdk_ec2::types::NetworkInterface) -> Vec<String> {
+    let listed = eni.private_ip_addresses();
+    let primary = eni.private_ip_address().or_else(|| {
+        listed
+            .iter()
+            .find(|a| a.primary() == Some(true))
+            .and_then(|a| a.private_ip_address())
+    });
+    let mut out: Vec<String> = primary.map(str::to_string).into_iter().collect();
+    for ip in listed.iter().filter_map(|a| a.private_ip_address()) {
+        if !out.iter().any(|o| o == ip) {
+            out.push(ip.to_string());
+        }
+    }
+    out
 }
 
 /// A volume as EC2 described it: its holder and tags.
@@ -520,5 +539,29 @@ mod tests {
             assert_eq!(Liveness::of(Some(s)), Liveness::Alive(s.into()));
         }
         assert_eq!(Liveness::of(None), Liveness::Dead("gone".into()));
+    }
+
+    #[test]
+    fn an_enis_primary_address_comes_first_whatever_the_listing_order() {
+        use aws_sdk_ec2::types::{NetworkInterface, NetworkInterfacePrivateIpAddress as Ip};
+        let ip =
+            |a: &str, primary: bool| Ip::builder().private_ip_address(a).primary(primary).build();
+        let listed_secondary_first = NetworkInterface::builder()
+            .private_ip_address("10.0.2.5")
+            .private_ip_addresses(ip("10.0.2.9", false))
+            .private_ip_addresses(ip("10.0.2.5", true))
+            .build();
+        assert_eq!(eni_ips(&listed_secondary_first), ["10.0.2.5", "10.0.2.9"]);
+        // Only the flags say which is primary.
+        let flagged = NetworkInterface::builder()
+            .private_ip_addresses(ip("10.0.2.9", false))
+            .private_ip_addresses(ip("10.0.2.5", true))
+            .build();
+        assert_eq!(eni_ips(&flagged), ["10.0.2.5", "10.0.2.9"]);
+        // Only the interface's own field names it (no listing).
+        let bare = NetworkInterface::builder()
+            .private_ip_address("10.0.2.5")
+            .build();
+        assert_eq!(eni_ips(&bare), ["10.0.2.5"]);
     }
 }

@@ -80,27 +80,42 @@ pub fn warm_tls() {
 #[error("{0:#}")]
 pub struct Transient(pub anyhow::Error);
 
+/// Whether a service's error answer is worth retrying, from its HTTP status and error code.
+/// Throttling (its codes, or 429) and the server errors 500, 502, 503 and 504 are: AWS's
+/// `InternalError`/`InternalFailure` come as 500, `Unavailable`/`ServiceUnavailable` and EC2's
+/// `RequestLimitExceeded` as 503, and a proxy's 502/504 may carry no code at all (AWS
+/// "Error retries and exponential backoff": retry 5xx and throttling). 501 Not Implemented never
+/// mends, whatever its code: an emulator answers an operation it lacks with 501
+/// `InternalFailure`, and retrying it would only run the boot into its deadline.
+pub fn retry_helps(status: u16, code: Option<&str>) -> bool {
+    if status == 501 {
+        return false;
+    }
+    let code = code.unwrap_or("");
+    matches!(status, 429 | 500 | 502 | 503 | 504)
+        || code.contains("Throttl")
+        || code == "RequestLimitExceeded"
+        || code == "InternalError"
+        || code == "Unavailable"
+        || code == "ServiceUnavailable"
+        || code == "ServiceUnavailableException"
+        || code == "InternalFailure"
+}
+
 /// An AWS SDK error as an anyhow error, wrapped in [`Transient`] when retrying may help.
-pub fn aws_error<E, R>(err: aws_sdk_ec2::error::SdkError<E, R>, doing: &str) -> anyhow::Error
+pub fn aws_error<E>(
+    err: aws_sdk_ec2::error::SdkError<E, aws_sdk_ec2::config::http::HttpResponse>,
+    doing: &str,
+) -> anyhow::Error
 where
     E: aws_sdk_ec2::error::ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     use aws_sdk_ec2::error::SdkError;
     let transient = match &err {
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
             true
         }
-        SdkError::ServiceError(s) => {
-            let code = s.err().code().unwrap_or("");
-            code.contains("Throttl")
-                || code == "RequestLimitExceeded"
-                || code == "InternalError"
-                || code == "Unavailable"
-                || code == "ServiceUnavailable"
-                || code == "ServiceUnavailableException"
-                || code == "InternalFailure"
-        }
+        SdkError::ServiceError(s) => retry_helps(s.raw().status().as_u16(), s.err().code()),
         _ => false,
     };
     let detail = match &err {
@@ -168,5 +183,27 @@ where
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_helps;
+
+    #[test]
+    fn server_errors_and_throttling_are_retried_not_implemented_never() {
+        // AWS's own codes.
+        assert!(retry_helps(503, Some("RequestLimitExceeded")));
+        assert!(retry_helps(400, Some("ThrottlingException")));
+        assert!(retry_helps(500, Some("InternalError")));
+        // A proxy's or load balancer's answer without an AWS code.
+        assert!(retry_helps(502, None));
+        assert!(retry_helps(504, Some("")));
+        assert!(retry_helps(429, None));
+        // An operation the endpoint does not implement (an emulator's 501 InternalFailure).
+        assert!(!retry_helps(501, Some("InternalFailure")));
+        // Refusals are answers, not outages.
+        assert!(!retry_helps(400, Some("InvalidParameterValue")));
+        assert!(!retry_helps(403, Some("AccessDeniedException")));
     }
 }

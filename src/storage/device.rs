@@ -50,6 +50,23 @@ pub fn list(sys: &Path, dev: &Path) -> Result<Vec<Device>> {
     Ok(out)
 }
 
+/// The `major:minor` of the whole disk holding the block device `dev` (`major:minor`): a
+/// partition's parent (a root filesystem on `nvme0n1p1`, 259:1, lives on the disk 259:0, the
+/// one [`find`] must never pick); any other device as it is. Read from
+/// `<sys>/dev/block/<dev>`, whose `partition` file marks a partition and whose parent
+/// directory is its disk (kernel ABI, sysfs-block).
+pub fn whole_disk(sys: &Path, dev: &str) -> String {
+    let node = sys.join("dev/block").join(dev);
+    if !node.join("partition").exists() {
+        return dev.to_string();
+    }
+    std::fs::read_to_string(node.join("../dev"))
+        .map(|d| d.trim().to_string())
+        .ok()
+        .filter(|d| !d.is_empty())
+        .unwrap_or_else(|| dev.to_string())
+}
+
 /// The names a requested EBS device name may appear under without NVMe.
 pub fn aliases(requested: &str) -> Vec<String> {
     let base = requested.trim_start_matches("/dev/");
@@ -62,7 +79,7 @@ pub fn aliases(requested: &str) -> Vec<String> {
 
 /// The volume's device, or None when it is not there (yet).
 ///
-/// `root` is the `major:minor` of the device holding `/` (and so never a candidate).
+/// `root` is the `major:minor` of the disk holding `/` ([`whole_disk`]; never a candidate).
 pub fn find(
     devices: &[Device],
     volume_id: &str,
@@ -164,6 +181,24 @@ mod tests {
             dev: mm.into(),
             serial: serial.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_partitions_whole_disk_is_its_parent_in_sysfs() {
+        let sys = tempfile::tempdir().unwrap();
+        let disk = sys.path().join("devices/pci0000:00/nvme/nvme0/nvme0n1");
+        std::fs::create_dir_all(disk.join("nvme0n1p1")).unwrap();
+        std::fs::write(disk.join("dev"), "259:0\n").unwrap();
+        std::fs::write(disk.join("nvme0n1p1/dev"), "259:1\n").unwrap();
+        std::fs::write(disk.join("nvme0n1p1/partition"), "1\n").unwrap();
+        let links = sys.path().join("dev/block");
+        std::fs::create_dir_all(&links).unwrap();
+        std::os::unix::fs::symlink(disk.join("nvme0n1p1"), links.join("259:1")).unwrap();
+        std::os::unix::fs::symlink(&disk, links.join("259:0")).unwrap();
+        assert_eq!(whole_disk(sys.path(), "259:1"), "259:0");
+        assert_eq!(whole_disk(sys.path(), "259:0"), "259:0");
+        // Not a block device sysfs knows (btrfs's 0:NN, a test's tree): as it is.
+        assert_eq!(whole_disk(sys.path(), "0:31"), "0:31");
     }
 
     #[test]

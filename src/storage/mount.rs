@@ -294,7 +294,10 @@ pub async fn run_step(
     };
 
     // The device: wait for it to appear.
-    let root = mounts().into_iter().find(|m| m.point == "/").map(|m| m.dev);
+    let root = mounts()
+        .into_iter()
+        .find(|m| m.point == "/")
+        .map(|m| device::whole_disk(&st.sysfs_root, &m.dev));
     let mut backoff = crate::backoff::Backoff::steady(
         DEVICE_POLL,
         DEVICE_STEADY,
