@@ -129,18 +129,17 @@ pub async fn run(settings: &Settings, deadline: &Deadline) -> Result<Booted> {
     let result = steps(settings, deadline, &mut j, &mut ctx).await;
     j.finished_unix = Some(now_unix());
     j.outcome = if result.is_ok() { "success" } else { "failure" }.into();
-    if let Err(e) = &result {
-        let error = ErrorRecord {
-            kind: crate::exit::kind_for(e).to_string(),
-            message: format!("{e:#}"),
-        };
-        if let Some(ctx) = &ctx {
-            report(settings, ctx, &error).await;
-        }
-        j.error = Some(error);
-    }
+    j.error = result.as_ref().err().map(|e| ErrorRecord {
+        kind: crate::exit::kind_for(e).to_string(),
+        message: format!("{e:#}"),
+    });
+    // Journalled before anyone is told: an ABANDON ends the launch, and the group may
+    // terminate the instance (and this process with it) as soon as the hook has the answer.
     if let Err(e) = j.save(settings) {
         tracing::warn!(error = %format!("{e:#}"), "cannot journal the boot's outcome");
+    }
+    if let (Some(error), Some(ctx)) = (&j.error, &ctx) {
+        report(settings, ctx, error).await;
     }
     result
 }

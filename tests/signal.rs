@@ -538,6 +538,16 @@ async fn a_failed_boot_tells_the_stack_and_abandons_the_launch() {
     cluster.deadline = 10;
     let stack = stack(&format!("s-{}", cluster.name)).await;
     let (eni, _, _) = cluster.resources_for(&world, 0, "a").await;
+    // Every AWS answer 200 ms late: a journal written after the hook's answer (not before its
+    // call) shows as written 200 ms after the call arrived, whatever the clocks' granularity.
+    common::configure(
+        &world,
+        kafka_testbed::aws::ScopeSettings {
+            latency_ms: Some(200),
+            ..Default::default()
+        },
+    )
+    .await;
     // A live instance holds the id's ENI: the boot fails `resource_in_use` at its deadline.
     let squatter = common::squat_eni(&world, &eni).await;
     let inst = launch_in(&world, &stack).await;
@@ -560,6 +570,29 @@ async fn a_failed_boot_tells_the_stack_and_abandons_the_launch() {
     assert!(
         reason.starts_with("resource_in_use:") && reason.contains(&squatter),
         "{reason}"
+    );
+    // The failure was journalled before the hook heard ABANDON: the group may terminate the
+    // instance (and the agent with it) as soon as it has the answer.
+    let journal = world.host_dir(&inst).join("var/lib/kafka-agent/boot.json");
+    let boot: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(boot["outcome"], "failure", "{boot}");
+    let journalled = std::fs::metadata(&journal)
+        .unwrap()
+        .modified()
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let abandoned = lifecycle_for(&inst)
+        .await
+        .into_iter()
+        .find(|a| a.kind == "complete")
+        .unwrap();
+    assert!(
+        journalled <= abandoned.arrived,
+        "boot.json written at {journalled}, the ABANDON arrived at {}",
+        abandoned.arrived
     );
 }
 

@@ -278,6 +278,12 @@ pub struct LifecycleAction {
     pub token: Option<String>,
     pub result: Option<String>,
     pub scope: String,
+    /// When the testbed accepted the call (seconds since the Unix epoch, this machine's clock).
+    #[serde(default)]
+    pub time: f64,
+    /// When the call reached the testbed, before any added latency (`latency_ms`).
+    #[serde(default)]
+    pub arrived: f64,
 }
 
 /// A lifecycle action open now: the instance waits in `hook` until it is completed (by

@@ -1535,6 +1535,8 @@ def lifecycle_call(call, kind):
             "result": result,
             "scope": call["scope"],
             "time": time.time(),
+            # When the request reached the testbed, before any added latency.
+            "arrived": call.get("arrived"),
         }
     )
     action_name = "CompleteLifecycleAction" if kind == "complete" else "RecordLifecycleActionHeartbeat"
@@ -1833,6 +1835,7 @@ class Testbed:
                 sys.stderr.write(trace)
                 response = Response(trace, status=500)
             return response(environ, start_response)
+        arrived = time.time()
         length = int(environ.get("CONTENT_LENGTH") or 0)
         body = environ["wsgi.input"].read(length) if length else b""
         environ["wsgi.input"] = io.BytesIO(body)
@@ -1849,7 +1852,8 @@ class Testbed:
             fault = throttle_error(protocol, service)
         if fault is not None:
             return error_response(fault, protocol)(environ, start_response)
-        call = {"region": region, "scope": scope, "params": params, "conf": conf}
+        call = {"region": region, "scope": scope, "params": params, "conf": conf,
+                "arrived": arrived}
         if (
             action in (conf.get("fault_after_actions") or [])
             and random.random() < conf.get("fault_after_rate", 0.0)
